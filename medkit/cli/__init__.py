@@ -1,0 +1,1 @@
+"""The medkit command line (Typer). `medkit.cli.main` assembles the app."""

@@ -1,0 +1,135 @@
+"""The medkit command tree, on one screen.
+
+    medkit [--device D] [--config F.toml] [-q] [-v] [--version]
+      list KIND [PATTERN]     registered models, losses, optimizers, schedulers, metrics, tasks, competitions, readers
+      plugins                 third-party entry points and their status
+      inspect FILE...         read images with the medkit readers: layout, dtype, range, DICOM header
+      audit DATA              find what is wrong with a dataset before training on it
+      split TABLE             patient-grouped, multilabel-stratified, duplicate-aware folds + leakage certificate
+      tile SLIDES             cut whole-slide images into the N most tissue-rich tiles
+      train TASK              train a model (tasks ct, cxr, wsi, scan, binary, multiclass, multilabel)
+
+Exit codes: 0 success, 1 problems found, 2 usage/configuration/runtime error, 130 interrupted.
+This module must not import torch, timm or cv2: `medkit --help` and tab completion stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from medkit import __version__
+from medkit.cli import audit, inspect_cmd, list_cmd, split, tile, train
+from medkit.cli._state import STATE
+from medkit.console import error, set_verbosity
+from medkit.device import DEVICE_HELP
+from medkit.errors import MedkitError
+
+__all__ = ["app", "run"]
+
+
+class MedkitGroup(TyperGroup):
+    """Turns typed errors into a message + exit code, and Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MedkitError as exc:
+            if os.environ.get("MEDKIT_DEBUG"):
+                traceback.print_exc()
+            error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            error("interrupted")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as exc:  # a bug: short message, traceback on request
+            if os.environ.get("MEDKIT_DEBUG"):
+                traceback.print_exc()
+                raise
+            if type(exc).__module__.startswith(("click", "typer")):
+                raise
+            error(f"internal error: {type(exc).__name__}: {exc}", "rerun with MEDKIT_DEBUG=1 for the traceback")
+            raise typer.Exit(2) from None
+
+
+app = typer.Typer(
+    name="medkit",
+    cls=MedkitGroup,
+    help="medkit: medical image classification from raw files to a scored submission.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "MEDKIT"},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"medkit {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    device: Annotated[
+        str | None, typer.Option("--device", help=f"Compute device: {DEVICE_HELP}.", envvar="MEDKIT_DEVICE")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML file with defaults (flag > MEDKIT_* env > config > default).",
+                     envvar="MEDKIT_CONFIG", dir_okay=False),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")] = 0,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """medkit: medical image classification from raw files to a scored submission."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        from medkit.config import load_toml, to_default_map
+
+        try:
+            data = to_default_map(load_toml(config))
+        except MedkitError as exc:
+            error(exc.message, exc.hint)
+            raise typer.Exit(exc.exit_code) from None
+        # Per-command tables become Click's default_map: flag > env var > config file > built-in default.
+        ctx.default_map = {k: v for k, v in data.items() if isinstance(v, dict)}
+
+        def unset(name: str) -> bool:
+            source = ctx.get_parameter_source(name)
+            return source is None or source.name == "DEFAULT"
+
+        if unset("device") and "device" in data:
+            device = str(data["device"])
+        if unset("quiet") and "quiet" in data:
+            quiet = bool(data["quiet"])
+        if unset("verbose") and "verbose" in data:
+            verbose = int(data["verbose"])
+    STATE.update(device=device, config=config, config_data=data)
+    set_verbosity(quiet=quiet, verbose=verbose)
+
+
+app.command("list")(list_cmd.list_entries)
+app.command("plugins")(list_cmd.plugins)
+app.command("inspect")(inspect_cmd.inspect)
+app.command("audit")(audit.audit)
+app.command("split")(split.split)
+app.command("tile")(tile.tile)
+app.command("train")(train.train)
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app(prog_name="medkit")

@@ -1,0 +1,98 @@
+"""The registries every medkit command shares, one per kind of pluggable component.
+
+Factory signatures (the contract a plugin follows; see docs/plugins.md):
+
+- ``models``: ``f(*, num_classes: int, in_chans: int = 3, pretrained: bool = False, **kw) -> torch.nn.Module``
+- ``losses``: ``f(**kw) -> torch.nn.Module`` whose ``forward(logits, targets, **batch)`` returns a scalar
+- ``optimizers``: ``f(params, *, lr: float, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer``
+- ``schedulers``: ``f(optimizer, *, epochs: int, steps_per_epoch: int, **kw) -> medkit.optim.Schedule``
+- ``metrics``: ``f(**kw) -> callable(y_true: np.ndarray, y_score: np.ndarray) -> float``; flag ``greater_is_better``
+- ``tasks``: ``f(**overrides) -> medkit.tasks.Task``
+- ``competitions``: ``f() -> medkit.competitions.Competition``
+- ``readers``: ``f(path: pathlib.Path, **kw) -> numpy.ndarray``; flags ``suffixes`` and ``magic``
+
+This module imports neither torch nor typer: entries are registered when a registry is first looked up.
+"""
+
+from __future__ import annotations
+
+from medkit.registry import Registry
+
+__all__ = [
+    "MODELS",
+    "LOSSES",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "METRICS",
+    "TASKS",
+    "COMPETITIONS",
+    "READERS",
+    "ALL",
+    "by_kind",
+]
+
+MODELS: Registry = Registry(
+    "models",
+    "model",
+    builtins=["medkit.models"],
+    signature="f(*, num_classes: int, in_chans: int = 3, pretrained: bool = False, **kw) -> torch.nn.Module",
+)
+LOSSES: Registry = Registry(
+    "losses",
+    "loss",
+    builtins=["medkit.losses"],
+    signature="f(**kw) -> torch.nn.Module; forward(logits, targets, **batch) -> scalar tensor",
+)
+OPTIMIZERS: Registry = Registry(
+    "optimizers",
+    "optimizer",
+    builtins=["medkit.optim"],
+    signature="f(params, *, lr: float, weight_decay: float = 0.0, **kw) -> torch.optim.Optimizer",
+)
+SCHEDULERS: Registry = Registry(
+    "schedulers",
+    "scheduler",
+    builtins=["medkit.optim"],
+    signature="f(optimizer, *, epochs: int, steps_per_epoch: int, **kw) -> medkit.optim.Schedule",
+)
+METRICS: Registry = Registry(
+    "metrics",
+    "metric",
+    builtins=["medkit.metrics"],
+    signature="f(**kw) -> Callable[[np.ndarray, np.ndarray], float]; flag greater_is_better",
+)
+TASKS: Registry = Registry("tasks", "task", builtins=["medkit.tasks"], signature="f(**overrides) -> medkit.tasks.Task")
+COMPETITIONS: Registry = Registry(
+    "competitions",
+    "competition",
+    builtins=["medkit.competitions"],
+    signature="f() -> medkit.competitions.Competition",
+)
+READERS: Registry = Registry(
+    "readers",
+    "reader",
+    builtins=["medkit.data.readers"],
+    signature="f(path: pathlib.Path, **kw) -> numpy.ndarray; flags suffixes, magic",
+)
+
+ALL: dict[str, Registry] = {
+    r.kind: r for r in (MODELS, LOSSES, OPTIMIZERS, SCHEDULERS, METRICS, TASKS, COMPETITIONS, READERS)
+}
+
+
+def by_kind(kind: str) -> Registry:
+    """The registry for a kind, accepting plural or singular (``"loss"`` or ``"losses"``).
+
+    Raises:
+        UnknownNameError: For a kind that does not exist.
+    """
+    from medkit.errors import UnknownNameError
+
+    for reg in ALL.values():
+        if kind in (reg.kind, reg.singular):
+            return reg
+    import difflib
+
+    close = difflib.get_close_matches(kind, list(ALL), n=1)
+    guess = f" (did you mean '{close[0]}'?)" if close else ""
+    raise UnknownNameError(f"unknown kind '{kind}'{guess}", hint=f"kinds: {', '.join(ALL)}")
