@@ -54,10 +54,10 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Write JSON (indented, numpy scalars converted) atomically and return the path."""
 
     def default(obj: Any) -> Any:
+        if hasattr(obj, "tolist"):  # numpy arrays and scalars alike
+            return obj.tolist()
         if hasattr(obj, "item"):
             return obj.item()
-        if hasattr(obj, "tolist"):
-            return obj.tolist()
         return str(obj)
 
     return write_text(path, json.dumps(data, indent=2, default=default) + "\n")

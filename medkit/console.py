@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = [
     "console",
@@ -70,14 +71,14 @@ def debug(message: str) -> None:
 
 def warn(message: str) -> None:
     """A warning on stderr (shown even with ``--quiet``)."""
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str, hint: str | None = None) -> None:
     """An error message on stderr, with an optional hint line."""
-    console.print(f"[bold red]error:[/bold red] {message}", soft_wrap=True)
+    console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
     if hint:
-        console.print(f"  [cyan]hint:[/cyan] {hint}", soft_wrap=True)
+        console.print(f"  [cyan]hint:[/cyan] {escape(hint)}", soft_wrap=True)
 
 
 def print_json(data: Any) -> None:
@@ -87,10 +88,10 @@ def print_json(data: Any) -> None:
 
 
 def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):  # numpy arrays and scalars alike (tolist of a scalar is the Python scalar)
+        return obj.tolist()
     if hasattr(obj, "item"):
         return obj.item()
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return str(obj)
@@ -189,7 +190,8 @@ class Progress:
         pct = f" ({100 * self.completed / self.total:.0f}%)" if self.total else ""
         extra = _fmt_fields({**self.fields, f"{self.unit}/s": round(self.rate, 1)})
         tail = " done" if final else ""
-        console.print(f"{self.description}: {done}{pct} {extra}{tail}".rstrip(), soft_wrap=True, highlight=False)
+        line = f"{self.description}: {done}{pct} {extra}{tail}".rstrip()
+        console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 def progress(

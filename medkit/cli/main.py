@@ -105,7 +105,7 @@ def main(
             error(exc.message, exc.hint)
             raise typer.Exit(exc.exit_code) from None
         # Per-command tables become Click's default_map: flag > env var > config file > built-in default.
-        ctx.default_map = {k: v for k, v in data.items() if isinstance(v, dict)}
+        ctx.default_map = _command_defaults(ctx, config, data)
 
         def unset(name: str) -> bool:
             source = ctx.get_parameter_source(name)
@@ -119,6 +119,37 @@ def main(
             verbose = int(data["verbose"])
     STATE.update(device=device, config=config, config_data=data)
     set_verbosity(quiet=quiet, verbose=verbose)
+
+
+def _command_defaults(ctx: typer.Context, path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Map each ``[command]`` table's keys (flag names or parameter names) to Click parameter names."""
+    import difflib
+
+    from medkit.errors import ConfigError
+
+    out: dict[str, dict[str, Any]] = {}
+    group = ctx.command
+    for section, table in data.items():
+        if not isinstance(table, dict):
+            continue
+        cmd = group.get_command(ctx, section) if hasattr(group, "get_command") else None
+        if cmd is None:
+            raise ConfigError(f"{path}: [{section}] is not a medkit command", hint="use tables named after commands")
+        names: dict[str, str] = {}
+        for param in cmd.params:
+            names[param.name] = param.name
+            for opt in [*getattr(param, "opts", []), *getattr(param, "secondary_opts", [])]:
+                if opt.startswith("--"):
+                    names[opt[2:].replace("-", "_")] = param.name
+        mapped: dict[str, Any] = {}
+        for key, value in table.items():
+            if key not in names:
+                close = difflib.get_close_matches(key, list(names), n=1)
+                guess = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ConfigError(f"{path}: unknown option '{key}' in [{section}]{guess}", hint=f"see `medkit {section} --help`")
+            mapped[names[key]] = value
+        out[section] = mapped
+    return out
 
 
 app.command("list")(list_cmd.list_entries)

@@ -1,1 +1,430 @@
-"""(being built)"""
+"""Image readers: one function per file format behind the READERS registry, and `read_image` to pick one.
+
+Every reader returns a numpy array, **(H, W)** for one channel or **(H, W, C)** channels-last, in the file's
+own dtype (uint8, uint16, ...); DICOM gives float32 after the modality rescale (Hounsfield units for CT). Stacks
+put the frame/page axis first: (N, H, W) or (N, H, W, C). docs/readers.md lists the layout of every reader.
+
+The reader is chosen by the file suffix, else by the first bytes of the file (PNG, JPEG, TIFF, numpy and zip
+signatures, ``DICM`` at offset 128). Anything unreadable raises `ImageReadError` naming the file.
+
+cv2, tifffile and pydicom are imported inside the readers: importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medkit.errors import DataError
+from medkit.registries import READERS
+
+__all__ = [
+    "ImageReadError",
+    "MAX_PIXELS",
+    "read_image",
+    "detect_reader",
+    "load_medmnist",
+    "read_png",
+    "read_jpeg",
+    "read_tiff",
+    "read_npy",
+    "read_npz",
+    "read_dicom_image",
+]
+
+#: Largest image (pixels, all frames and channels' planes counted once) a reader loads without being asked:
+#: a whole-slide level 0 is billions of pixels and would exhaust memory. Override with ``max_pixels=``.
+MAX_PIXELS = 1 << 28
+
+_TILE_HINT = "cut whole-slide images into tiles with `medkit tile`, or pass page=N to read a smaller level"
+
+
+class ImageReadError(DataError):
+    """A file that cannot be read as an image (empty, truncated, unsupported or too large)."""
+
+
+# ---------------------------------------------------------------------------------------------- detection
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+_DICOM_OFFSET = 128
+
+
+def _head(path: Path, n: int = 132) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(n)
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise ImageReadError(f"{path}: no such file", hint="check the path (relative paths start at the current folder)")
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a folder, not an image file", hint="pass the image files inside it")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: empty file (0 bytes)", hint="the file was not fully written; copy it again")
+
+
+def _matches_magic(head: bytes, magic: tuple[tuple[int, bytes], ...]) -> bool:
+    return any(head[offset : offset + len(sig)] == sig for offset, sig in magic)
+
+
+def detect_reader(path: str | os.PathLike[str]) -> str:
+    """The registry name of the reader for a file: by suffix, else by its first bytes.
+
+    Args:
+        path: The image file.
+
+    Returns:
+        A name registered in `medkit.registries.READERS`.
+
+    Raises:
+        ImageReadError: When the file is missing or empty, or neither its suffix nor its content is known.
+    """
+    path = Path(path)
+    _check_file(path)
+    suffix = path.suffix.lower()
+    entries = READERS.entries()
+    if suffix:
+        for entry in entries:
+            if suffix in entry.flags.get("suffixes", ()):
+                return entry.name
+    head = _head(path)
+    for entry in entries:
+        if _matches_magic(head, entry.flags.get("magic", ())):
+            return entry.name
+    known = sorted({s for e in entries for s in e.flags.get("suffixes", ())})
+    raise ImageReadError(
+        f"{path}: unsupported image format (suffix '{suffix or '(none)'}', content not recognised)",
+        hint=f"medkit reads {', '.join(known)}; pass reader=NAME to force one (`medkit list readers`)",
+    )
+
+
+def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw: Any) -> np.ndarray:
+    """Read an image file into a numpy array with the reader its suffix or content calls for.
+
+    Args:
+        path: The image file.
+        reader: A READERS name (``png``, ``tiff``, ``dicom``, ...) to skip detection.
+        **kw: Passed to the reader (``max_pixels``, ``page`` for TIFF, ``key`` for NPZ, ``frame`` for DICOM, ...).
+
+    Returns:
+        (H, W) or (H, W, C) channels-last; stacks are (N, H, W[, C]). The file's own dtype, except DICOM
+        (float32 after rescale, MONOCHROME1 inverted).
+
+    Raises:
+        ImageReadError: Naming the file when it is missing, empty, truncated, unsupported or too large.
+        UnknownNameError: For a ``reader`` name that is not registered.
+    """
+    path = Path(path)
+    _check_file(path)
+    name = reader or detect_reader(path)
+    return READERS.create(name, path, **kw)
+
+
+def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int | None, what: str = "image") -> None:
+    if max_pixels is None:
+        return
+    n = int(np.prod([int(s) for s in shape], dtype=np.int64)) if shape else 0
+    if n > max_pixels:
+        raise ImageReadError(
+            f"{path}: {what} of shape {tuple(shape)} has {n:,} values, above the limit of {max_pixels:,}",
+            hint=f"{_TILE_HINT}; or raise the limit with max_pixels=",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- cv2 formats
+def _png_size(head: bytes) -> tuple[int, int] | None:
+    # IHDR is always the first chunk: width and height are big-endian uint32 at bytes 16..24.
+    if len(head) >= 24 and head[:8] == _PNG_MAGIC:
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    return None
+
+
+def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
+    import cv2
+
+    size = _png_size(_head(path, 32))
+    if size is not None:
+        _check_pixels(path, size, max_pixels)
+    # imdecode on the bytes instead of imread: imread returns None silently on non-ASCII paths on some platforms.
+    data = np.fromfile(path, dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageReadError(
+            f"{path}: cannot decode as {kind} (truncated or corrupt file)",
+            hint="re-download or re-export the file; `medkit inspect FILE` shows what medkit sees",
+        )
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    _check_pixels(path, img.shape[:2], max_pixels)
+    return np.ascontiguousarray(img)
+
+
+@READERS.register("png", suffixes=(".png",), magic=((0, _PNG_MAGIC),))
+def read_png(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """PNG, 8- or 16-bit, gray (H, W), RGB (H, W, 3) or RGBA (H, W, 4), via OpenCV.
+
+    Args:
+        path: The file.
+        max_pixels: Refuse images with more pixels than this (None: no limit).
+
+    Returns:
+        uint8 or uint16 array, channels in RGB order.
+    """
+    return _read_cv2(Path(path), "PNG", max_pixels)
+
+
+@READERS.register("jpeg", suffixes=(".jpg", ".jpeg", ".jpe", ".jfif"), magic=((0, _JPEG_MAGIC),))
+def read_jpeg(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """JPEG, gray (H, W) or RGB (H, W, 3) uint8, via OpenCV.
+
+    Args:
+        path: The file.
+        max_pixels: Refuse images with more pixels than this (None: no limit).
+
+    Returns:
+        uint8 array, channels in RGB order.
+    """
+    return _read_cv2(Path(path), "JPEG", max_pixels)
+
+
+# ---------------------------------------------------------------------------------------------- TIFF
+def _tiff_levels(tf: Any) -> str:
+    parts = []
+    for i, page in enumerate(tf.pages):
+        parts.append(f"page {i}: {'x'.join(str(s) for s in page.shape)} {page.dtype}")
+    return "; ".join(parts)
+
+
+@READERS.register("tiff", suffixes=(".tif", ".tiff", ".svs"), magic=tuple((0, m) for m in _TIFF_MAGICS))
+def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """TIFF via tifffile: 8/16-bit/float, gray or colour; a multi-page file of equal pages as (N, H, W[, C]).
+
+    Args:
+        path: The file.
+        page: Read this one page (a pyramid level of a slide, a frame of a stack) instead of the first series.
+        max_pixels: Refuse arrays with more values per channel than this (None: no limit); a whole-slide
+            level 0 is refused with a hint to use `medkit tile`.
+
+    Returns:
+        The file's dtype. One page: (H, W) or (H, W, C). A stack of equal pages: (N, H, W) or (N, H, W, C).
+    """
+    import tifffile
+
+    path = Path(path)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            if page is not None:
+                if not 0 <= page < len(tf.pages):
+                    raise ImageReadError(
+                        f"{path}: page {page} does not exist ({len(tf.pages)} pages: {_tiff_levels(tf)})",
+                        hint="pass a page number from the list",
+                    )
+                pg = tf.pages[page]
+                _check_pixels(path, _planar(pg.shape, pg), max_pixels, f"page {page}")
+                arr = pg.asarray()
+            else:
+                series = tf.series[0]
+                shape = tuple(series.shape)
+                if len(series.levels) > 1 or tf.is_svs or tf.is_ndpi:
+                    _check_pixels(path, shape[:2], max_pixels, "slide level 0")
+                _check_pixels(path, _planar(shape, series), max_pixels)
+                arr = series.asarray()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error... on broken files
+        raise ImageReadError(
+            f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})",
+            hint="the file is truncated or not a TIFF; re-export it",
+        ) from exc
+    return _channels_last(arr, tf_planar=False)
+
+
+def _planar(shape: tuple[int, ...], obj: Any) -> tuple[int, ...]:
+    # Count pixels per channel: a (3, H, W) planar RGB page is one H x W image.
+    return tuple(s for s in shape if s > 4) or shape
+
+
+def _channels_last(arr: np.ndarray, tf_planar: bool) -> np.ndarray:
+    # tifffile keeps planar-configuration pages as (C, H, W); medkit's contract is channels-last.
+    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] > 4:
+        arr = np.moveaxis(arr, 0, -1)
+    return np.ascontiguousarray(arr)
+
+
+# ---------------------------------------------------------------------------------------------- numpy
+@READERS.register("npy", suffixes=(".npy",), magic=((0, _NPY_MAGIC),))
+def read_npy(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
+    """NumPy .npy array as stored (any dtype, any layout; images are expected as (H, W) or (H, W, C)).
+
+    Args:
+        path: The file.
+        max_pixels: Refuse arrays with more elements than this (None: no limit).
+
+    Returns:
+        The stored array (object arrays are refused).
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        _check_pixels(path, arr.shape, max_pixels, "array")
+        return np.array(arr)
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(
+            f"{path}: cannot read as .npy ({type(exc).__name__}: {exc})",
+            hint="the file is truncated, pickled (object dtype) or not a numpy file; re-save it with numpy.save",
+        ) from exc
+
+
+_MEDMNIST_SPLITS = ("train", "val", "test")
+
+
+@READERS.register("npz", suffixes=(".npz",), magic=((0, _ZIP_MAGIC),))
+def read_npz(
+    path: Path, *, key: str | None = None, index: int | None = None, max_pixels: int | None = MAX_PIXELS
+) -> np.ndarray:
+    """NumPy .npz archive: one array by key, or one image of it by index (MedMNIST: see `load_medmnist`).
+
+    Args:
+        path: The file.
+        key: The array to read; optional when the archive holds one array (or ``images``).
+        index: Return only ``array[index]`` (one image of a stack such as ``train_images``).
+        max_pixels: Refuse arrays with more elements than this (None: no limit).
+
+    Returns:
+        The stored array, or one element of its first axis.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = list(npz.files)
+            if key is None:
+                if len(keys) == 1:
+                    key = keys[0]
+                elif "images" in keys:
+                    key = "images"
+                else:
+                    hint = "pass key=NAME"
+                    if any(k.endswith("_images") for k in keys):
+                        hint += "; for a MedMNIST file use medkit.data.readers.load_medmnist(path)"
+                    raise ImageReadError(f"{path}: archive holds several arrays ({', '.join(keys)})", hint=hint)
+            if key not in npz.files:
+                raise ImageReadError(f"{path}: no array '{key}' (arrays: {', '.join(keys)})", hint="pass one of these")
+            arr = npz[key]
+    except ImageReadError:
+        raise
+    except Exception as exc:
+        raise ImageReadError(
+            f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})",
+            hint="the file is truncated or not a numpy archive; re-save it with numpy.savez",
+        ) from exc
+    if index is not None:
+        if not -len(arr) <= index < len(arr):
+            raise ImageReadError(f"{path}: index {index} out of range for '{key}' of length {len(arr)}")
+        arr = arr[index]
+    _check_pixels(path, arr.shape, max_pixels, "array")
+    return np.ascontiguousarray(arr)
+
+
+def load_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Load a MedMNIST .npz (``train_images``, ``train_labels``, ``val_*``, ``test_*``) as a ready dataset.
+
+    Args:
+        path: The MedMNIST file, e.g. ``breastmnist.npz``.
+
+    Returns:
+        ``{split: (images, labels)}`` for each split present, in the order train, val, test. Images are uint8
+        (N, H, W) or (N, H, W, C) (3D sets: (N, D, H, W)); labels are (N, K) (K=1 for single-label sets).
+
+    Raises:
+        ImageReadError: When the file is not a MedMNIST archive or a split's images and labels disagree.
+    """
+    path = Path(path)
+    _check_file(path)
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ImageReadError(
+            f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})",
+            hint="re-download the MedMNIST file (medmnist.com lists each file's md5)",
+        ) from exc
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    with npz:
+        for split in _MEDMNIST_SPLITS:
+            ik, lk = f"{split}_images", f"{split}_labels"
+            if ik not in npz.files and lk not in npz.files:
+                continue
+            if ik not in npz.files or lk not in npz.files:
+                raise ImageReadError(f"{path}: has {'ik' if ik in npz.files else lk} but not its pair", hint="re-download")
+            try:
+                images, labels = npz[ik], npz[lk]
+            except Exception as exc:  # a truncated member fails only when read
+                raise ImageReadError(f"{path}: cannot read '{ik}'/'{lk}' ({exc})", hint="re-download the file") from exc
+            if labels.ndim == 1:
+                labels = labels[:, None]
+            if len(images) != len(labels):
+                raise ImageReadError(
+                    f"{path}: {ik} has {len(images)} images but {lk} has {len(labels)} rows",
+                    hint="the archive is inconsistent; re-download it",
+                )
+            if images.dtype != np.uint8:
+                raise ImageReadError(f"{path}: {ik} is {images.dtype}, MedMNIST images are uint8")
+            out[split] = (images, labels)
+    if not out:
+        raise ImageReadError(
+            f"{path}: not a MedMNIST archive (arrays: {', '.join(npz.files)})",
+            hint="MedMNIST files hold train_images/train_labels, val_*, test_*; use read_image(path, key=...) otherwise",
+        )
+    return out
+
+
+def _zip_ok(path: Path) -> bool:
+    return zipfile.is_zipfile(path)
+
+
+# ---------------------------------------------------------------------------------------------- DICOM
+@READERS.register("dicom", suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
+def read_dicom_image(
+    path: Path,
+    *,
+    frame: int | None = None,
+    invert_monochrome1: bool = True,
+    fix_intercept: bool = True,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """DICOM via pydicom: float32 after the modality rescale (HU for CT), MONOCHROME1 inverted; frames first.
+
+    Args:
+        path: The file.
+        frame: Read this one frame of a multi-frame file.
+        invert_monochrome1: Invert MONOCHROME1 images so that bright means dense, as for MONOCHROME2.
+        fix_intercept: Correct the 12-bit RescaleIntercept defect of some head CT scanners (see medkit.data.dicom).
+        max_pixels: Refuse images with more pixels (all frames) than this (None: no limit).
+
+    Returns:
+        float32 (H, W), (frames, H, W), or (H, W, 3) / (frames, H, W, 3) for colour files.
+    """
+    from medkit.data.dicom import read_dicom
+
+    return read_dicom(
+        path, frame=frame, invert_monochrome1=invert_monochrome1, fix_intercept=fix_intercept, max_pixels=max_pixels
+    )
+
+
+def reader_flags(name: str) -> Mapping[str, Any]:
+    """The flags (suffixes, magic) of a registered reader."""
+    return READERS.get(name).flags

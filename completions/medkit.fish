@@ -1,0 +1,1 @@
+complete --command medkit --no-files --arguments "(env _MEDKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) medkit)" --condition "env _MEDKIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) medkit"

@@ -1,0 +1,297 @@
+"""A memory-mapped uint8 cache of preprocessed images: decode once, then every epoch reads slices.
+
+Layout of one cache, in ``cache_root/<key>/``::
+
+    images.npy   (N, H, W, C) uint8, memory-mapped (rows in sorted relative-path order)
+    done.npy     (N,) bool: rows whose pixels are on disk; flushed every few seconds during a build
+    meta.json    the files (relative path, size, mtime_ns), the Preprocess parameters, the shape
+
+``key`` hashes the sorted (relative path, size, mtime_ns) of the files and ``Preprocess.key()``: touching or
+changing a file, adding or removing one, or changing a parameter gives a new key and so a new cache (old ones are
+left in place; delete ``cache_root`` to reclaim the space). An interrupted build resumes: only rows not marked
+done are computed. Workers write into the memmap by row, each opening it ``r+``; a row is marked done only after
+the worker flushed it.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medkit._io import write_json
+from medkit.data.pipeline import Preprocess
+from medkit.errors import DataError
+
+__all__ = ["UInt8Cache", "cache_key", "CACHE_FORMAT"]
+
+CACHE_FORMAT = 1
+_FLUSH_SECONDS = 2.0
+_CHUNK_ROWS = 32
+
+
+def _file_entries(paths: Sequence[str | os.PathLike[str]]) -> tuple[Path, list[tuple[str, int, int]]]:
+    """The common root of ``paths`` and one (relative posix path, size, mtime_ns) per path, in input order."""
+    if not paths:
+        raise DataError("no image files given to build a cache from", hint="check the table's image column")
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = Path(os.path.commonpath([str(p.parent) for p in absolute]))
+    entries = []
+    for p in absolute:
+        try:
+            st = p.stat()
+        except OSError as exc:
+            raise DataError(f"{p}: cannot read image file ({exc.strerror})", hint="check the path and the data root")
+        entries.append((p.relative_to(root).as_posix(), int(st.st_size), int(st.st_mtime_ns)))
+    return root, entries
+
+
+def cache_key(entries: Sequence[tuple[str, int, int]], preprocess: Preprocess) -> str:
+    """Hash of the sorted file entries and the preprocessing parameters."""
+    h = hashlib.sha256()
+    h.update(f"medkit-cache-{CACHE_FORMAT}|{preprocess.key()}|".encode())
+    for rel, size, mtime in sorted(set(entries)):
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _init_worker() -> None:
+    try:
+        import cv2
+
+        # One process per core already; cv2's own threads would only oversubscribe.
+        cv2.setNumThreads(1)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _fill_rows(
+    array_path: str, rows: list[int], files: list[str], preprocess: Preprocess
+) -> tuple[list[int], tuple[str, str, str | None] | None]:
+    """Worker: preprocess ``files`` into ``rows`` of the memmap; returns the rows written and the first error."""
+    arr = np.load(array_path, mmap_mode="r+")
+    written: list[int] = []
+    error = None
+    for row, path in zip(rows, files, strict=True):
+        try:
+            arr[row] = preprocess(path)
+        except DataError as exc:
+            error = (path, exc.message, exc.hint)
+            break
+        except Exception as exc:  # a decoder crash must not lose the rows already written
+            error = (path, f"{path}: cannot read image ({type(exc).__name__}: {exc})", None)
+            break
+        written.append(row)
+    arr.flush()
+    del arr
+    return written, error
+
+
+class UInt8Cache:
+    """A memory-mapped (N, H, W, C) uint8 cache, read like a source: ``cache[i]``, ``len(cache)``, ``get_batch``.
+
+    Build or reopen one with `UInt8Cache.build`. Row ``i`` of the cache is the i-th path given to ``build``
+    (``rows[i]`` is its row in the stored ``array``, which is in sorted path order; duplicated paths share a row).
+    The memmap is opened lazily and is not pickled, so a cache travels cheaply to DataLoader workers.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], rows: np.ndarray | None = None) -> None:
+        self.directory = Path(directory)
+        meta_path = self.directory / "meta.json"
+        try:
+            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{meta_path}: not a medkit cache ({exc})", hint="rebuild the cache") from exc
+        self.shape = tuple(int(s) for s in self.meta["shape"])
+        self.rows = np.arange(self.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+        self._array: np.ndarray | None = None
+
+    @property
+    def key(self) -> str:
+        """The cache key (its folder name)."""
+        return self.directory.name
+
+    @property
+    def array(self) -> np.ndarray:
+        """The read-only memmap of all stored rows (sorted path order)."""
+        if self._array is None:
+            self._array = np.load(self.directory / "images.npy", mmap_mode="r")
+        return self._array
+
+    @property
+    def done(self) -> np.ndarray:
+        """Boolean mask of the stored rows that are complete."""
+        return np.load(self.directory / "done.npy")
+
+    @property
+    def complete(self) -> bool:
+        """Whether every row has been computed."""
+        return bool(self.done.all())
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return np.asarray(self.array[self.rows[int(i)]])
+
+    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows, read with one fancy index (sorted, for sequential disk access)."""
+        stored = self.rows[np.asarray(rows, dtype=np.int64)]
+        order = np.argsort(stored, kind="stable")
+        out = np.empty((len(stored), *self.shape[1:]), dtype=np.uint8)
+        out[order] = self.array[stored[order]]
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None  # pickling a memmap would copy the whole array
+        return state
+
+    def __repr__(self) -> str:
+        return f"UInt8Cache({str(self.directory)!r}, rows={len(self)}, shape={self.shape})"
+
+    @classmethod
+    def build(
+        cls,
+        paths: Sequence[str | os.PathLike[str]],
+        preprocess: Preprocess,
+        cache_root: str | os.PathLike[str],
+        workers: int | None = None,
+        progress: bool = True,
+        on_row: Callable[[int], None] | None = None,
+    ) -> UInt8Cache:
+        """Build (or reopen, or resume) the cache of ``paths`` preprocessed by ``preprocess``.
+
+        Args:
+            paths: Image files; row i of the result is ``paths[i]``.
+            preprocess: The preprocessing; its `Preprocess.key` is part of the cache key.
+            cache_root: Folder holding one sub-folder per cache key.
+            workers: Worker processes; None = one per available core; 0 or 1 = in this process.
+            progress: Show a progress bar on stderr.
+            on_row: Called in this process with each stored row index when it is marked done (tests, UIs).
+
+        Returns:
+            The complete cache.
+
+        Raises:
+            DataError: When a file is missing or cannot be decoded (the rows done so far are kept, so fixing or
+                removing the file and building again resumes).
+        """
+        root, entries = _file_entries(paths)
+        key = cache_key(entries, preprocess)
+        unique = sorted(set(entries))
+        index = {e: i for i, e in enumerate(unique)}
+        rows = np.array([index[e] for e in entries], dtype=np.int64)
+        directory = Path(cache_root) / key
+        n = len(unique)
+        shape = (n, *preprocess.out_shape)
+        array_path = directory / "images.npy"
+        done_path = directory / "done.npy"
+        if not (directory / "meta.json").is_file() or not array_path.is_file() or not done_path.is_file():
+            directory.mkdir(parents=True, exist_ok=True)
+            # Reserve the whole file up front (sparse on Linux), so workers can open it r+ and write any row.
+            np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+            np.save(done_path, np.zeros(n, dtype=bool))
+            write_json(
+                directory / "meta.json",
+                {
+                    "format": CACHE_FORMAT,
+                    "shape": list(shape),
+                    "root": str(root),
+                    "preprocess": preprocess.params(),
+                    "preprocess_key": preprocess.key(),
+                    "files": [list(e) for e in unique],
+                },
+            )
+        done = np.load(done_path, mmap_mode="r+")
+        if done.shape != (n,):
+            raise DataError(f"{done_path}: done-mask does not match the cache", hint=f"delete {directory} and rebuild")
+        todo = np.flatnonzero(~done)
+        if len(todo):
+            files = [str(root / unique[i][0]) for i in range(n)]
+            _run_build(array_path, done, todo, files, preprocess, workers, progress, on_row)
+        del done
+        return cls(directory, rows)
+
+
+def _run_build(
+    array_path: Path,
+    done: np.ndarray,
+    todo: np.ndarray,
+    files: list[str],
+    preprocess: Preprocess,
+    workers: int | None,
+    progress: bool,
+    on_row: Callable[[int], None] | None,
+) -> None:
+    from medkit.console import Progress, is_quiet
+
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    chunks = [todo[i : i + _CHUNK_ROWS].tolist() for i in range(0, len(todo), _CHUNK_ROWS)]
+    last_flush = time.monotonic()
+    error: tuple[str, str, str | None] | None = None
+
+    def mark(rows: list[int]) -> None:
+        nonlocal last_flush
+        done[rows] = True
+        if on_row is not None:
+            for r in rows:
+                on_row(r)
+        bar.update(len(rows))
+        if time.monotonic() - last_flush > _FLUSH_SECONDS:
+            done.flush()
+            last_flush = time.monotonic()
+
+    enabled = progress and not is_quiet()
+    bar = Progress(total=len(todo), description="caching images", unit="img")
+    bar._enabled = bar._enabled and enabled
+    try:
+        with bar:
+            if workers <= 1 or len(chunks) == 1:
+                for chunk in chunks:
+                    written, error = _fill_rows(str(array_path), chunk, [files[r] for r in chunk], preprocess)
+                    mark(written)
+                    if error:
+                        break
+            else:
+                import multiprocessing as mp
+
+                # spawn, not fork: the parent may hold torch / CUDA state that a forked child must not inherit.
+                ctx = mp.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
+                    pending = {
+                        pool.submit(_fill_rows, str(array_path), c, [files[r] for r in c], preprocess) for c in chunks
+                    }
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            written, err = fut.result()
+                            mark(written)
+                            error = error or err
+                        if error:
+                            for fut in pending:
+                                fut.cancel()
+                            # Rows being written by running tasks are kept too: wait and mark them.
+                            for fut in pending:
+                                if not fut.cancelled():
+                                    written, _ = fut.result()
+                                    mark(written)
+                            break
+    finally:
+        done.flush()
+    if error:
+        path, message, hint = error
+        raise DataError(
+            message if path in message else f"{path}: {message}",
+            hint=hint or "fix or remove the file, then run again: the cache build resumes where it stopped",
+        )

@@ -1,0 +1,330 @@
+"""Preprocessing to uint8 at the training size, and the image sources a dataset reads from.
+
+`Preprocess` turns one file (or one in-memory array) into a **uint8 (H, W, C)** array at the training size plus a
+margin for random crops: read, window (CT), map to 8 bits, map channels, resize. It is a frozen, picklable
+dataclass so it can travel to worker processes, and `Preprocess.key` hashes its parameters for the cache.
+
+Bit depth: 8-bit images are kept as they are. Other integer or float images (16-bit X-rays, DICOM without
+``windows``) are mapped to 0..255 per image, either by min-max (``bit_depth="minmax"``: the darkest pixel -> 0, the
+brightest -> 255) or by percentiles (``bit_depth="percentile"``: the ``percentiles`` values -> 0 and 255, clipped
+outside, robust to a few hot pixels or burnt-in text). A constant image maps to 0.
+
+Sources share one interface, ``len(source)``, ``source[i] -> uint8 (H, W, C)``, ``source.get_batch(rows) ->
+uint8 (B, H, W, C)``: `FileSource` decodes on the fly, `ArraySource` wraps in-memory arrays (MedMNIST ``.npz``),
+and `medkit.data.cache.UInt8Cache` reads a memory-mapped cache.
+
+This module imports numpy and (inside functions) cv2 and the readers; it does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from medkit.errors import DataError, UsageError
+
+__all__ = ["Preprocess", "Source", "FileSource", "ArraySource", "to_uint8", "PREPROCESS_VERSION"]
+
+# Bumped whenever the pixels Preprocess produces for the same parameters change, so old caches are not reused.
+PREPROCESS_VERSION = 1
+
+_BIT_DEPTHS = ("minmax", "percentile")
+_INTERPOLATIONS = ("auto", "area", "linear", "cubic", "nearest")
+
+
+def _as_hw(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    hw = tuple(int(s) for s in size)
+    if len(hw) != 2:
+        raise UsageError(f"image size must be an int or (height, width), got {size!r}", hint="e.g. size=256")
+    return hw  # type: ignore[return-value]
+
+
+def to_uint8(img: np.ndarray, mode: str = "minmax", percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """Map an image of any numeric dtype to uint8 (uint8 input is returned unchanged).
+
+    Args:
+        img: Array of any shape.
+        mode: ``minmax`` (per-image min -> 0, max -> 255) or ``percentile`` (per-image percentiles -> 0 / 255).
+        percentiles: Low and high percentiles for ``percentile``.
+
+    Returns:
+        A uint8 array of the same shape.
+    """
+    if img.dtype == np.uint8:
+        return img
+    if img.dtype == np.bool_:
+        return img.astype(np.uint8) * 255
+    x = img.astype(np.float32, copy=False)
+    if mode == "percentile":
+        lo, hi = np.percentile(x, percentiles)
+    else:
+        lo, hi = float(x.min()), float(x.max())
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        return np.zeros(img.shape, dtype=np.uint8)
+    y = (x - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(y), 0, 255).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Read, window, map to 8 bits, map channels and resize one image to uint8 (H, W, C).
+
+    Args:
+        size: Training size, an int or (height, width).
+        margin: Extra pixels on every side for random crops; the output is (h + 2*margin, w + 2*margin).
+        channels: 1 or 3: gray inputs are repeated to this many channels, RGB inputs are kept (3) or converted to
+            gray (1). Ignored when ``windows`` is set.
+        windows: DICOM window names (``("brain", "subdural", "soft_tissue")``) giving one channel each; None for
+            images that are not CT.
+        bit_depth: How images that are not 8-bit map to 0..255: ``minmax`` or ``percentile`` (see module doc).
+        percentiles: Low and high percentiles for ``bit_depth="percentile"``.
+        interpolation: ``auto`` (INTER_AREA when shrinking, INTER_LINEAR when enlarging), or ``area``, ``linear``,
+            ``cubic``, ``nearest``.
+    """
+
+    size: int | tuple[int, int] = 256
+    margin: int = 0
+    channels: int = 3
+    windows: tuple[str, ...] | None = None
+    bit_depth: str = "minmax"
+    percentiles: tuple[float, float] = (0.5, 99.5)
+    interpolation: str = "auto"
+    _hw: tuple[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        hw = _as_hw(self.size)
+        if min(hw) < 1:
+            raise UsageError(f"image size must be positive, got {self.size!r}", hint="e.g. size=256")
+        object.__setattr__(self, "size", hw)
+        object.__setattr__(self, "_hw", hw)
+        if self.margin < 0:
+            raise UsageError(f"margin must be >= 0, got {self.margin}", hint="use margin=0 for no random-crop room")
+        if self.windows is not None:
+            windows = (self.windows,) if isinstance(self.windows, str) else tuple(self.windows)
+            if not windows:
+                raise UsageError("windows is empty", hint="give window names such as ('brain',) or None")
+            object.__setattr__(self, "windows", windows)
+        elif self.channels not in (1, 3):
+            raise UsageError(f"channels must be 1 or 3, got {self.channels}", hint="use channels=1 or channels=3")
+        if self.bit_depth not in _BIT_DEPTHS:
+            raise UsageError(f"unknown bit_depth '{self.bit_depth}'", hint=f"use one of: {', '.join(_BIT_DEPTHS)}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise UsageError(
+                f"unknown interpolation '{self.interpolation}'", hint=f"use one of: {', '.join(_INTERPOLATIONS)}"
+            )
+        lo, hi = (float(p) for p in self.percentiles)
+        if not 0.0 <= lo < hi <= 100.0:
+            raise UsageError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
+        object.__setattr__(self, "percentiles", (lo, hi))
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """Output (height, width): the training size plus twice the margin."""
+        h, w = self._hw
+        return h + 2 * self.margin, w + 2 * self.margin
+
+    @property
+    def out_channels(self) -> int:
+        """Number of output channels."""
+        return len(self.windows) if self.windows else self.channels
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        """Output (height, width, channels)."""
+        return (*self.out_hw, self.out_channels)
+
+    def params(self) -> dict[str, Any]:
+        """The parameters as a JSON-friendly dict (stored with caches and runs)."""
+        d = asdict(self)
+        d.pop("_hw", None)
+        d["size"] = list(self._hw)
+        d["windows"] = list(self.windows) if self.windows else None
+        d["percentiles"] = list(self.percentiles)
+        return d
+
+    def key(self) -> str:
+        """A short hash of the parameters (and the preprocessing version): equal keys give equal pixels."""
+        blob = json.dumps({"v": PREPROCESS_VERSION, "cls": type(self).__name__, **self.params()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def __call__(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """Read one file and return uint8 (H, W, C).
+
+        Raises:
+            DataError: When the file cannot be read or its content does not fit the parameters.
+        """
+        from medkit.data.readers import read_image
+
+        img = read_image(path)
+        try:
+            return self.from_array(img)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc.message}", hint=exc.hint) from exc
+        except Exception as exc:  # cv2 raises its own error type for shapes it cannot resize
+            raise DataError(f"{path}: cannot preprocess image of shape {img.shape}, dtype {img.dtype}: {exc}") from exc
+
+    def from_array(self, img: np.ndarray) -> np.ndarray:
+        """Preprocess an in-memory image: (H, W) or (H, W, C), any dtype (float = Hounsfield units with windows).
+
+        Returns:
+            uint8 (H, W, C) with the shape `out_shape`.
+
+        Raises:
+            DataError: For an array that is not 2-D or 3-D, or a multi-channel image given CT windows.
+        """
+        img = np.asarray(img)
+        if img.ndim == 3 and img.shape[2] == 1:
+            img = img[:, :, 0]
+        if img.ndim not in (2, 3):
+            raise DataError(f"expected an image of shape (H, W) or (H, W, C), got {img.shape}")
+        if self.windows:
+            if img.ndim != 2:
+                raise DataError(
+                    f"CT windows need a single-channel image in Hounsfield units, got shape {img.shape}",
+                    hint="drop --windows for RGB images, or check that the file is a CT slice",
+                )
+            from medkit.data.dicom import multi_window
+
+            out = multi_window(img.astype(np.float32, copy=False), list(self.windows))
+        else:
+            out = to_uint8(img, self.bit_depth, self.percentiles)
+            out = self._map_channels(out)
+        return self._resize(out)
+
+    def _map_channels(self, img: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if img.ndim == 2:
+            return img[:, :, None] if self.channels == 1 else np.repeat(img[:, :, None], self.channels, axis=2)
+        c = img.shape[2]
+        if c == 4:  # RGBA: alpha carries no anatomy
+            img, c = img[:, :, :3], 3
+        if c == 3:
+            if self.channels == 3:
+                return img
+            return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY)[:, :, None]
+        if c == self.channels:
+            return img
+        raise DataError(
+            f"image has {c} channels, cannot map to {self.channels}",
+            hint="use channels=1 or 3 with gray or RGB images",
+        )
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        import cv2
+
+        oh, ow = self.out_hw
+        h, w = img.shape[:2]
+        if (h, w) != (oh, ow):
+            interp = self.interpolation
+            if interp == "auto":
+                interp = "area" if oh <= h and ow <= w else "linear"
+            flag = {
+                "area": cv2.INTER_AREA,
+                "linear": cv2.INTER_LINEAR,
+                "cubic": cv2.INTER_CUBIC,
+                "nearest": cv2.INTER_NEAREST,
+            }[interp]
+            c = img.shape[2]
+            img = cv2.resize(np.ascontiguousarray(img), (ow, oh), interpolation=flag)
+            if img.ndim == 2:  # cv2 drops a trailing channel axis of length 1
+                img = img.reshape(oh, ow, c)
+        return np.ascontiguousarray(img, dtype=np.uint8)
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What a dataset reads from: ``len(source)``, ``source[i]`` and ``source.get_batch(rows)``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> np.ndarray: ...
+
+    def get_batch(self, rows: Sequence[int]) -> np.ndarray: ...
+
+
+class FileSource:
+    """Decode image files on the fly with a `Preprocess` (no cache).
+
+    Args:
+        paths: Image files, one per row.
+        preprocess: How each file becomes uint8 (H, W, C).
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, H, W, C) of the images this source returns."""
+        return (len(self.paths), *self.preprocess.out_shape)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.preprocess(self.paths[int(i)])
+
+    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows."""
+        out = np.empty((len(rows), *self.preprocess.out_shape), dtype=np.uint8)
+        for j, i in enumerate(rows):
+            out[j] = self[i]
+        return out
+
+
+class ArraySource:
+    """In-memory uint8 images (a MedMNIST ``.npz``), with the same interface as the cache.
+
+    Args:
+        images: (N, H, W) or (N, H, W, C) array (any numeric dtype; not uint8 is mapped per image like files).
+        preprocess: Optional `Preprocess` applied per image on access (resize, channel mapping, margin); None
+            returns the images as they are (gray gets a channel axis).
+    """
+
+    def __init__(self, images: np.ndarray, preprocess: Preprocess | None = None) -> None:
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise DataError(
+                f"expected images of shape (N, H, W) or (N, H, W, C), got {images.shape}",
+                hint="for MedMNIST .npz files pass the 'train_images' array",
+            )
+        if preprocess is None and images.dtype != np.uint8:
+            raise DataError(
+                f"ArraySource without a Preprocess needs uint8 images, got {images.dtype}",
+                hint="pass preprocess=Preprocess(size=..., channels=...) to map them to 8 bits",
+            )
+        self.images = images
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """(N, H, W, C) of the images this source returns."""
+        if self.preprocess is None:
+            return tuple(self.images.shape)  # type: ignore[return-value]
+        return (len(self), *self.preprocess.out_shape)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        img = self.images[int(i)]
+        return img if self.preprocess is None else self.preprocess.from_array(img)
+
+    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows."""
+        if self.preprocess is None:
+            return self.images[np.asarray(rows, dtype=np.int64)]
+        return np.stack([self[i] for i in rows])

@@ -1,0 +1,92 @@
+"""Checkpoints: plain dicts written atomically, with every RNG state needed to resume mid-epoch exactly."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from medkit.errors import DataError
+
+__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "unwrap"]
+
+
+def unwrap(model: Any) -> Any:
+    """The plain module under DDP and torch.compile wrappers (its state dict has no prefixes)."""
+    while True:
+        if hasattr(model, "module"):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def rng_state(generators: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Python, numpy, torch (CPU and every CUDA device) RNG states, plus named ``torch.Generator`` states."""
+    import numpy as np
+    import torch
+
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    for name, gen in (generators or {}).items():
+        state[f"gen/{name}"] = gen.get_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], generators: dict[str, Any] | None = None) -> None:
+    """Restore what `rng_state` saved (CUDA states only when the device count matches)."""
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    for name, gen in (generators or {}).items():
+        key = f"gen/{name}"
+        if key in state:
+            gen.set_state(state[key])
+
+
+def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
+    """Write a checkpoint dict atomically: a temp file in the same folder, fsync, then rename over ``path``.
+
+    An interrupted save (Ctrl-C, a killed job) leaves the previous checkpoint intact.
+    """
+    import torch
+
+    from medkit._io import atomic_write
+
+    path = Path(path)
+    with atomic_write(path, "wb") as fh:
+        torch.save(state, fh)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`.
+
+    Raises:
+        DataError: When the file is missing or is not a medkit checkpoint.
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"checkpoint not found: {path}", hint="train first, or point --out at the run to resume")
+    try:
+        # RNG states hold numpy arrays and tuples, so the full unpickler is needed; only load files you wrote.
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # torch raises several unrelated types for a corrupt file
+        raise DataError(f"{path}: cannot read the checkpoint: {exc}", hint="the file is corrupt; delete it") from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(f"{path}: not a medkit checkpoint (no 'model' entry)", hint="pass a file written by medkit")
+    return state

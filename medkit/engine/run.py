@@ -1,0 +1,198 @@
+"""The run directory: run.json, metrics.csv, curve.png, checkpoints/{last,best}.pt, oof.csv (see docs/train.md)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medkit._io import atomic_write, write_json, write_text
+
+__all__ = ["RunDir", "data_hash", "write_metrics", "read_metrics", "draw_curves", "write_oof"]
+
+
+class RunDir:
+    """Paths of one run (or of one fold of a ``--fold all`` run).
+
+    Args:
+        root: The run folder; created on first write.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @property
+    def run_json(self) -> Path:
+        """Resolved config, versions, argv and data hash."""
+        return self.root / "run.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        """One row per epoch."""
+        return self.root / "metrics.csv"
+
+    @property
+    def curve_png(self) -> Path:
+        """Training curves."""
+        return self.root / "curve.png"
+
+    @property
+    def last(self) -> Path:
+        """Latest checkpoint (resumable, also mid-epoch)."""
+        return self.root / "checkpoints" / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        """Checkpoint with the best validation metric."""
+        return self.root / "checkpoints" / "best.pt"
+
+    @property
+    def oof_csv(self) -> Path:
+        """Validation predictions of the best checkpoint."""
+        return self.root / "oof.csv"
+
+    @property
+    def cv_json(self) -> Path:
+        """Cross-validation summary of a ``--fold all`` run."""
+        return self.root / "cv.json"
+
+    def fold(self, k: int) -> RunDir:
+        """The sub-run of fold ``k``."""
+        return RunDir(self.root / f"fold{k}")
+
+    def write_run_json(self, record: dict[str, Any]) -> Path:
+        """Write run.json atomically."""
+        return write_json(self.run_json, record)
+
+
+def data_hash(table_bytes: bytes, files: Sequence[str | os.PathLike[str]]) -> str:
+    """SHA-256 over the table's bytes and the file list (path, size, mtime): changes when the data changes."""
+    h = hashlib.sha256()
+    h.update(table_bytes)
+    for f in files:
+        p = Path(f)
+        try:
+            st = p.stat()
+            h.update(f"{p.as_posix()}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+        except OSError:
+            h.update(f"{p.as_posix()}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def write_metrics(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:
+    """Write the per-epoch history as CSV (whole file, atomically; columns in first-seen order)."""
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    return write_text(path, buf.getvalue())
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Read metrics.csv back (numbers as floats, epoch as int); [] when it does not exist."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    rows = []
+    with p.open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            out: dict[str, Any] = {}
+            for k, v in row.items():
+                try:
+                    out[k] = int(v) if k == "epoch" else float(v)
+                except (TypeError, ValueError):
+                    out[k] = v
+            rows.append(out)
+    return rows
+
+
+_COLOURS = [(200, 80, 30), (30, 30, 200), (40, 150, 40), (150, 40, 150), (20, 140, 200), (90, 90, 90)]
+
+
+def draw_curves(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], keys: Sequence[str],
+                size: tuple[int, int] = (640, 400)) -> Path | None:
+    """Draw the per-epoch curves of ``keys`` as lines on a white canvas (cv2; no matplotlib needed).
+
+    Each series is scaled to its own range (the legend gives min and max), so a loss and an AUC share one plot.
+    Returns None when there is nothing to draw.
+    """
+    import cv2
+    import numpy as np
+
+    series = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if isinstance(r.get(k), int | float) and np.isfinite(float(r[k]))]
+        if vals:
+            series[k] = vals
+    if not series:
+        return None
+    w, h = size
+    left, right, top, bottom = 50, 20, 20, 40 + 18 * len(series)
+    img = np.full((h + 18 * len(series), w, 3), 255, np.uint8)
+    pw, ph = w - left - right, h - top - 40
+    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
+    n = max(len(v) for v in series.values())
+    for i, (k, vals) in enumerate(series.items()):
+        lo, hi = min(vals), max(vals)
+        span = hi - lo if hi > lo else 1.0
+        pts = []
+        for j, v in enumerate(vals):
+            x = left + (pw * j / (n - 1) if n > 1 else pw / 2)
+            y = top + ph - ph * (v - lo) / span
+            pts.append((int(round(x)), int(round(y))))
+        colour = _COLOURS[i % len(_COLOURS)]
+        for a, b in zip(pts[:-1], pts[1:], strict=False):
+            cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
+        for p in pts:
+            cv2.circle(img, p, 3, colour, -1, cv2.LINE_AA)
+        label = f"{k}: {lo:.4g} .. {hi:.4g}"
+        cv2.putText(img, label, (left, top + ph + 30 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    cv2.putText(img, f"epoch 1..{n}", (left + pw - 90, top + ph + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        return None
+    with atomic_write(path, "wb") as fh:
+        fh.write(buf.tobytes())
+    return Path(path)
+
+
+def write_oof(path: str | os.PathLike[str], ids: Sequence[str], targets: Any, probs: Any,
+              label_names: Sequence[str], extra: dict[str, Sequence[Any]] | None = None) -> Path:
+    """Write out-of-fold predictions: ``image``, one ``<label>`` target column and one ``<label>_prob`` column each.
+
+    Args:
+        path: Destination CSV.
+        ids: Image id (the table's image column) of every row.
+        targets: ``(N,)`` or ``(N, K)`` targets.
+        probs: ``(N, K)`` probabilities (or ``(N,)``).
+        label_names: Names of the K probability columns (and of the target columns when targets are 2-D).
+        extra: More columns (fold, patient_id, ...).
+    """
+    import numpy as np
+    import pandas as pd
+
+    targets = np.asarray(targets)
+    probs = np.asarray(probs)
+    if probs.ndim == 1:
+        probs = probs[:, None]
+    df = pd.DataFrame({"image": list(ids)})
+    for name, col in (extra or {}).items():
+        df[name] = list(col)
+    if targets.ndim == 1:
+        df["target"] = targets
+    else:
+        for j, name in enumerate(label_names[: targets.shape[1]]):
+            df[name] = targets[:, j]
+    for j, name in enumerate(label_names[: probs.shape[1]]):
+        df[f"{name}_prob"] = probs[:, j]
+    from medkit._io import write_csv
+
+    return write_csv(path, df)

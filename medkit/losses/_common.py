@@ -1,0 +1,131 @@
+"""Helpers shared by the loss modules: option checking, entry flags, target shapes, weight penalties."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from medkit.errors import UsageError
+
+__all__ = ["FLAG_NAMES", "flags", "checked_options", "match_target", "penalised_parameters", "weight_penalty"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FLAG_NAMES = ("multilabel", "multiclass", "ordinal", "regression", "needs_indices", "needs_model")
+
+
+def flags(**on: bool) -> dict[str, bool]:
+    """Every entry flag spelled out (False unless named), so the engine can read any flag without a default."""
+    unknown = set(on) - set(FLAG_NAMES)
+    if unknown:
+        raise ValueError(f"unknown loss flags {sorted(unknown)}")
+    return {name: bool(on.get(name, False)) for name in FLAG_NAMES}
+
+
+def checked_options(kind: str) -> Callable[[F], F]:
+    """Turn an unknown keyword option into a `UsageError` listing the valid ones (instead of a `TypeError`).
+
+    Args:
+        kind: Word used in the message (``"loss"``).
+    """
+
+    def decorate(fn: F) -> F:
+        valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if args:
+                raise UsageError(f"{kind} '{fn.__name__}' takes keyword options only, got {len(args)} positional")
+            for key in kwargs:
+                if key not in valid:
+                    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                    guess = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise UsageError(
+                        f"unknown option '{key}' for {kind} '{fn.__name__}'{guess}",
+                        hint=f"options of {fn.__name__}: {', '.join(valid)} (see docs/losses-metrics.md)",
+                    )
+            return fn(**kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def match_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:
+    """The target as float with the logits' shape; (B,) against (B, 1) and the reverse are accepted.
+
+    Raises:
+        UsageError: When the element counts differ (a wrong number of labels or a wrong head).
+    """
+    if target.shape != logits.shape:
+        if target.numel() != logits.numel() or target.shape[:1] != logits.shape[:1]:
+            raise UsageError(
+                f"loss '{name}': target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}",
+                hint="the model needs one output per label column; check --labels and the model's num_classes",
+            )
+        target = target.reshape(logits.shape)
+    return target.to(torch.float32)
+
+
+def as_vector(values: float | Sequence[float], name: str, option: str) -> torch.Tensor:
+    """A float32 tensor from a number or a list, rejecting NaN and negative values."""
+    vec = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
+    if not torch.isfinite(vec).all() or (vec < 0).any():
+        raise UsageError(f"loss '{name}': {option} must be finite and >= 0, got {list(vec.tolist())}")
+    return vec
+
+
+def _head_module(model: nn.Module) -> nn.Module:
+    getter = getattr(model, "get_classifier", None)  # timm models name their head
+    if callable(getter):
+        head = getter()
+        if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
+            return head
+    last: nn.Module | None = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise UsageError(
+            "head_only=True but the model has neither get_classifier() nor an nn.Linear layer",
+            hint="use head_only=False to penalise every weight",
+        )
+    return last
+
+
+def penalised_parameters(model: nn.Module, head_only: bool = False) -> Iterator[torch.Tensor]:
+    """The weights a penalty applies to: matrices and kernels, never biases or normalisation scales.
+
+    The rule is timm's weight-decay rule (a parameter with one dimension is a bias or a norm scale), so the
+    penalty and weight decay agree on what counts as a weight.
+
+    Args:
+        model: The model being trained.
+        head_only: Only the classifier head (``model.get_classifier()`` for timm models, else the last
+            ``nn.Linear``).
+    """
+    source = _head_module(model) if head_only else model
+    for param in source.parameters():
+        if param.requires_grad and param.ndim > 1:
+            yield param
+
+
+def weight_penalty(model: nn.Module, l1: float, l2: float, head_only: bool = False) -> torch.Tensor:
+    """``l1 * sum|w| + l2 * sum w**2`` over `penalised_parameters`."""
+    total: torch.Tensor | None = None
+    for param in penalised_parameters(model, head_only):
+        term = param.new_zeros((), dtype=torch.float32)
+        if l1:
+            term = term + l1 * param.float().abs().sum()
+        if l2:
+            term = term + l2 * param.float().pow(2).sum()
+        total = term if total is None else total + term
+    if total is None:
+        raise UsageError("the weight penalty found no weights to penalise", hint="check head_only and requires_grad")
+    return total
