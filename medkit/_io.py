@@ -29,6 +29,10 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp makes the file owner-only; give the output the permissions a plain open() would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     if "b" not in mode:
         kwargs.setdefault("encoding", "utf-8")
     try:

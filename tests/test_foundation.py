@@ -171,3 +171,12 @@ def test_load_and_save_table(tmp_path: Path) -> None:
     empty.write_text("")
     with pytest.raises(DataError, match="empty.csv"):
         tb.load_table(empty)
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "perm.json", {})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -1,10 +1,133 @@
-"""`medkit audit` (being built)."""
+"""`medkit audit DATA`: find what is wrong with a dataset (images and label table) before training on it."""
 
 from __future__ import annotations
 
-from medkit.errors import MedkitError
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medkit.cli._options import JsonOpt, OutOpt, WorkersOpt
+
+__all__ = ["audit"]
+
+_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def audit() -> None:
-    """Not available yet."""
-    raise MedkitError("medkit audit is not available in this build yet")
+def audit(
+    data: Annotated[Path, typer.Argument(help="Data folder, scanned recursively (PNG, JPEG, TIFF, NPY/NPZ, DICOM).")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", "-l", help="Label table (CSV/TSV/parquet), one row per image.")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", help="Patient column (default: detected, e.g. patient_id).")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Split column (default: detected 'split'; else train/valid/test folder names)."),
+    ] = None,
+    image_col: Annotated[
+        str | None, typer.Option("--image-col", help="Image path/id column (default: the one matching the files).")
+    ] = None,
+    label_cols: Annotated[
+        str | None, typer.Option("--label-cols", help="Comma-separated label columns (default: numeric columns).")
+    ] = None,
+    out: OutOpt = None,
+    json_out: JsonOpt = False,
+    fail_on: Annotated[
+        str,
+        typer.Option(
+            "--fail-on",
+            help="Finding kinds that make the exit code 1 (comma-separated, 'all' or 'none').",
+            envvar="MEDKIT_AUDIT_FAIL_ON",
+        ),
+    ] = "unreadable,label_conflict,leakage",
+    near: Annotated[
+        int, typer.Option("--near", help="Near-duplicate pHash Hamming threshold (of 64 bits).", min=0, max=16)
+    ] = 6,
+    workers: WorkersOpt = None,
+) -> None:
+    """Find unreadable, blank and duplicate images, label conflicts, leakage and header problems."""
+    from medkit.console import Progress, info, print_json
+    from medkit.data.audit import Thresholds, parse_kinds, run_audit, write_outputs
+
+    kinds = parse_kinds(fail_on)
+    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
+    bar: dict[str, Any] = {}
+
+    def start(total: int) -> None:
+        bar["p"] = Progress(total=total, description="audit", unit="img").__enter__()
+
+    def advance(n: int) -> None:
+        bar["p"].update(n)
+
+    try:
+        report = run_audit(
+            data,
+            labels=labels,
+            group=group,
+            split=split,
+            image_col=image_col,
+            label_cols=cols,
+            workers=workers,
+            thresholds=Thresholds(near=near),
+            on_start=start,
+            on_progress=advance,
+        )
+    finally:
+        if "p" in bar:
+            bar["p"].__exit__(None, None, None)
+    written = write_outputs(report, out) if out is not None else []
+    for path in written:
+        info(f"wrote {path}")
+    if json_out:
+        print_json(report.to_dict(kinds) | {"outputs": [str(p) for p in written]})
+    else:
+        _print_summary(report, kinds)
+    if report.failed(kinds):
+        raise typer.Exit(1)
+
+
+def _print_summary(report: Any, kinds: tuple[str, ...]) -> None:
+    from rich.table import Table
+
+    from medkit.console import out
+    from medkit.data.audit import KINDS
+
+    d = report.to_dict(kinds, max_findings=0)
+    table = Table(title=f"medkit audit: {d['files']} files under {report.root} ({d['readable']} readable)")
+    table.add_column("kind", no_wrap=True)
+    table.add_column("severity")
+    table.add_column("count", justify="right")
+    table.add_column("example")
+    first: dict[str, Any] = {}
+    for f in report.findings:
+        first.setdefault(f.kind, f)
+    for kind, n in d["counts"].items():
+        sev = KINDS[kind][0]
+        mark = " (fail)" if kind in kinds else ""
+        f = first[kind]
+        example = f"{f.files[0]}: {f.detail}" if f.files else f.detail
+        table.add_row(kind, f"[{_SEVERITY_STYLE[sev]}]{sev}[/]{mark}", str(n), example[:160])
+    if not d["counts"]:
+        table.add_row("-", "-", "0", "no findings")
+    out.print(table)
+    if report.label_stats:
+        lt = Table(title=f"labels ({report.table_path})")
+        for c in ("label", "n", "positives", "prevalence", "pos_weight"):
+            lt.add_column(c, justify="left" if c == "label" else "right")
+        for s in report.label_stats:
+            if s["kind"] == "binary":
+                pw = f"{s['pos_weight']:.2f}" if s["pos_weight"] is not None else "-"
+                lt.add_row(s["label"], str(s["n"]), str(s["positives"]), f"{100 * s['prevalence']:.2f}%", pw)
+            else:
+                classes = s.get("classes") or {}
+                lt.add_row(
+                    s["label"], str(s["n"]), ", ".join(f"{k}:{v}" for k, v in list(classes.items())[:8]), "-", "-"
+                )
+        out.print(lt)
+    status = "problems found" if d["failed"] else "no failing findings"
+    out.print(
+        f"{d['duplicate_clusters']} duplicate clusters ({d['exact_duplicate_clusters']} exact); "
+        f"split from {d['split_source'] or 'nothing'}; fail-on {','.join(kinds) or 'none'}: {status}"
+    )

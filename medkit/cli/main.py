@@ -50,6 +50,9 @@ class MedkitGroup(TyperGroup):
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort):
             raise
+        except BrokenPipeError:  # `medkit ... | head`: the reader left; exit quietly
+            _silence_stdout()
+            raise typer.Exit(0) from None
         except Exception as exc:  # a bug: short message, traceback on request
             if os.environ.get("MEDKIT_DEBUG"):
                 traceback.print_exc()
@@ -58,6 +61,15 @@ class MedkitGroup(TyperGroup):
                 raise
             error(f"internal error: {type(exc).__name__}: {exc}", "rerun with MEDKIT_DEBUG=1 for the traceback")
             raise typer.Exit(2) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not raise again after a broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 app = typer.Typer(
@@ -163,4 +175,8 @@ app.command("train")(train.train)
 
 def run() -> None:
     """Console-script entry point."""
-    app(prog_name="medkit")
+    try:
+        app(prog_name="medkit")
+    except BrokenPipeError:  # raised while printing help or after the command returned
+        _silence_stdout()
+        sys.exit(0)

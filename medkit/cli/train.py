@@ -1,10 +1,381 @@
-"""`medkit train` (being built)."""
+"""`medkit train TASK`: train a model from a task preset, every field overridable by a flag (docs/train.md)."""
 
 from __future__ import annotations
 
-from medkit.errors import MedkitError
+import ast
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medkit.cli._options import DeviceOpt, FoldOpt, JsonOpt, OutOpt, SeedOpt, WorkersOpt, device_spec
+from medkit.errors import UsageError
+
+__all__ = ["train"]
+
+_PANEL_MODEL = "Model and optimisation"
+_PANEL_RUN = "Run control"
 
 
-def train() -> None:
-    """Not available yet."""
-    raise MedkitError("medkit train is not available in this build yet")
+def _kv(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """Parse repeated ``KEY=VALUE`` options; values are Python literals when they parse as one, else strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"{flag} expects KEY=VALUE, got '{item}'", hint=f"e.g. {flag} milestones=[50,75]")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip().replace("-", "_")] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _fold_list(labels: Path | None, folds: Path | None) -> list[int]:
+    """Fold numbers present in the fold table (or the labels table's fold column), sorted."""
+    from medkit.data.table import detect_spec, load_table
+
+    table = folds or labels
+    if table is None:
+        raise UsageError("--fold all needs a table with a fold column", hint="pass --folds folds.csv (medkit split)")
+    df = load_table(table)
+    spec = detect_spec(df)
+    if spec.fold is None:
+        raise UsageError(f"--fold all: {table} has no fold column", hint="write folds with `medkit split`")
+    return sorted(int(v) for v in set(df[spec.fold].dropna().tolist()))
+
+
+def _argv_without_gpus(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--gpus":
+            skip = True
+            continue
+        if a.startswith("--gpus="):
+            continue
+        out.append(a)
+    return out
+
+
+def train(
+    task: Annotated[str, typer.Argument(help="Task preset: ct, cxr, wsi, scan, binary, multiclass, multilabel.")],
+    data: Annotated[Path, typer.Option("--data", help="Image folder, or a MedMNIST .npz (uses its splits).")],
+    labels: Annotated[
+        Path | None, typer.Option("--labels", help="Dataset table (CSV/parquet), one row per image.", dir_okay=False)
+    ] = None,
+    folds: Annotated[
+        Path | None, typer.Option("--folds", help="Fold table from `medkit split` (joined on image).", dir_okay=False)
+    ] = None,
+    fold: FoldOpt = None,
+    label_cols: Annotated[str | None, typer.Option("--labels-cols", help="Comma-separated label columns.")] = None,
+    image_col: Annotated[str | None, typer.Option("--image-col", help="Image path/id column.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="MODELS name, e.g. resnet34 or timm/convnext_tiny.", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    heads: Annotated[
+        str | None,
+        typer.Option("--heads", help="single | groups (one head per label group).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    in_chans: Annotated[
+        int | None,
+        typer.Option("--in-chans", help="Input channels (1 gray, 3 RGB/windows).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    windows: Annotated[
+        str | None,
+        typer.Option(
+            "--windows", help="CT windows as channels, e.g. brain,subdural,bone.", rich_help_panel=_PANEL_MODEL
+        ),
+    ] = None,
+    pretrained: Annotated[
+        bool,
+        typer.Option("--pretrained/--no-pretrained", help="Start from timm weights.", rich_help_panel=_PANEL_MODEL),
+    ] = False,
+    weights: Annotated[
+        Path | None,
+        typer.Option("--weights", help="Local state dict to start from.", dir_okay=False, rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option("--loss", help="LOSSES name (bce, wbce, asl, focal, ...).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    loss_arg: Annotated[
+        list[str] | None,
+        typer.Option("--loss-arg", help="Loss option KEY=VALUE (repeatable).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option("--metric", help="METRICS name that picks the best checkpoint.", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option("--optimizer", help="OPTIMIZERS name (adam, adamw, ...).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    optimizer_arg: Annotated[
+        list[str] | None,
+        typer.Option("--optimizer-arg", help="Optimizer option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.", rich_help_panel=_PANEL_MODEL)] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="Weight decay.", rich_help_panel=_PANEL_MODEL)
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option("--scheduler", help="SCHEDULERS name (cosine, multistep, ...).", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    scheduler_arg: Annotated[
+        list[str] | None,
+        typer.Option("--scheduler-arg", help="Scheduler option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    stage2_optimizer: Annotated[
+        str | None,
+        typer.Option(
+            "--stage2-optimizer", help="Switch to this optimizer for the last epochs.", rich_help_panel=_PANEL_MODEL
+        ),
+    ] = None,
+    stage2_epochs: Annotated[
+        int, typer.Option("--stage2-epochs", help="Epochs of the second stage.", min=0, rich_help_panel=_PANEL_MODEL)
+    ] = 0,
+    stage2_lr: Annotated[
+        float | None,
+        typer.Option("--stage2-lr", help="Learning rate of the second stage.", rich_help_panel=_PANEL_MODEL),
+    ] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs.", min=1)] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size.", min=1)] = None,
+    img_size: Annotated[int | None, typer.Option("--img-size", help="Training image size (square).", min=8)] = None,
+    mixup: Annotated[float, typer.Option("--mixup", help="Mixup alpha (0 = off).", min=0.0)] = 0.0,
+    cutmix: Annotated[float, typer.Option("--cutmix", help="CutMix alpha (0 = off).", min=0.0)] = 0.0,
+    no_augment: Annotated[bool, typer.Option("--no-augment", help="Switch off the task's augmentation.")] = False,
+    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16, or fp16 + GradScaler).")] = False,
+    amp_dtype: Annotated[str, typer.Option("--amp-dtype", help="auto | bf16 | fp16 (with --amp).")] = "auto",
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
+    ema: Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights; evaluate and save it.")] = False,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")] = 0.999,
+    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm (0 = off).", min=0.0)] = 0.0,
+    patience: Annotated[
+        int,
+        typer.Option(
+            "--patience", help="Early stop after N epochs without improvement.", min=0, rich_help_panel=_PANEL_RUN
+        ),
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue the run in --out from checkpoints/last.pt.", rich_help_panel=_PANEL_RUN
+        ),
+    ] = False,
+    ckpt_every: Annotated[
+        int,
+        typer.Option(
+            "--ckpt-every", help="Write last.pt every N steps (0 = epoch ends).", min=0, rich_help_panel=_PANEL_RUN
+        ),
+    ] = 0,
+    max_steps: Annotated[
+        int,
+        typer.Option(
+            "--max-steps", help="Stop resumably after N optimizer steps in total.", min=0, rich_help_panel=_PANEL_RUN
+        ),
+    ] = 0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="One batch of training and one of validation.", rich_help_panel=_PANEL_RUN)
+    ] = False,
+    profile: Annotated[
+        int,
+        typer.Option(
+            "--profile", help="Time N steps: data wait vs step, then exit.", min=0, rich_help_panel=_PANEL_RUN
+        ),
+    ] = 0,
+    deterministic: Annotated[
+        bool, typer.Option("--deterministic", help="Deterministic kernels (slower).", rich_help_panel=_PANEL_RUN)
+    ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache",
+            help="Preprocess once into a uint8 cache in this folder.",
+            file_okay=False,
+            rich_help_panel=_PANEL_RUN,
+        ),
+    ] = None,
+    gpus: Annotated[
+        int,
+        typer.Option(
+            "--gpus", help="Processes for DDP (re-runs itself under torchrun).", min=1, rich_help_panel=_PANEL_RUN
+        ),
+    ] = 1,
+    out: OutOpt = None,
+    seed: SeedOpt = 0,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a model on a task preset (ct, cxr, wsi, scan, binary, multiclass, multilabel), resumable, DDP-ready."""
+    from medkit.console import info, print_json
+    from medkit.console import out as stdout
+    from medkit.registries import TASKS
+
+    if gpus > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
+        import subprocess
+
+        from medkit.engine.ddp import relaunch_argv
+
+        argv = _argv_without_gpus(sys.argv[1:])
+        info(f"launching {gpus} processes under torch.distributed.run")
+        code = subprocess.call(relaunch_argv(gpus, argv))
+        raise typer.Exit(code)
+
+    overrides: dict[str, Any] = dict(
+        model=model,
+        heads=heads,
+        in_chans=in_chans,
+        windows=windows,
+        loss=loss,
+        metric=metric,
+        optimizer=optimizer,
+        lr=lr,
+        weight_decay=weight_decay,
+        scheduler=scheduler,
+        epochs=epochs,
+        batch_size=batch_size,
+        img_size=img_size,
+        labels=label_cols,
+    )
+    if loss_arg:
+        overrides["loss_kwargs"] = _kv(loss_arg, "--loss-arg")
+    if no_augment:
+        overrides["augment"] = {}
+    preset = TASKS.create(task, **overrides)
+    if windows and in_chans is None:
+        preset = preset.with_(in_chans=len(preset.windows))
+    if fold is not None and fold != "all":
+        try:
+            fold_num: int | None = int(fold)
+        except ValueError:
+            raise UsageError(f"--fold must be an integer or 'all', not '{fold}'") from None
+    else:
+        fold_num = None
+    run_out = out or Path("runs") / f"{task}-{preset.model.replace('/', '_')}"
+
+    from medkit.engine.fit import TrainConfig, fit, fit_folds
+
+    cfg = TrainConfig(
+        task=preset,
+        data=str(data),
+        labels=str(labels) if labels else None,
+        out=str(run_out),
+        folds=str(folds) if folds else None,
+        fold=fold_num,
+        label_cols=tuple(c.strip() for c in label_cols.split(",")) if label_cols else None,
+        image_col=image_col,
+        pretrained=pretrained,
+        weights=str(weights) if weights else None,
+        device=device_spec(device),
+        amp=amp_dtype if amp else "off",
+        compile=compile_,
+        ema=ema,
+        ema_decay=ema_decay,
+        seed=seed,
+        deterministic=deterministic,
+        workers=workers,
+        ckpt_every=ckpt_every,
+        max_steps=max_steps,
+        dry_run=dry_run,
+        patience=patience,
+        stage2_optimizer=stage2_optimizer,
+        stage2_epochs=stage2_epochs,
+        stage2_lr=stage2_lr,
+        scheduler_kwargs=_kv(scheduler_arg, "--scheduler-arg"),
+        optimizer_kwargs=_kv(optimizer_arg, "--optimizer-arg"),
+        mixup=mixup,
+        cutmix=cutmix,
+        grad_clip=grad_clip,
+        cache_dir=str(cache) if cache else None,
+        resume=resume,
+        profile=profile,
+        argv=sys.argv[:],
+    )
+    if stage2_optimizer and stage2_epochs < 1:
+        raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
+
+    if profile:
+        from medkit.engine.fit import profile_steps
+
+        summary = profile_steps(cfg, profile)
+        from medkit.engine.ddp import dist_info
+
+        if not dist_info().is_main:
+            return
+        if json_out:
+            print_json(summary)
+        else:
+            stdout.print(
+                f"profile: {int(summary['steps'])} steps, data wait {summary['data_wait_ms']:.1f} ms, "
+                f"step {summary['step_ms']:.1f} ms, waiting {100 * summary['wait_fraction']:.0f}% of the time, "
+                f"{summary['img_per_s']:.0f} img/s"
+            )
+        return
+
+    if fold == "all":
+        record = fit_folds(cfg, _fold_list(labels, folds))
+        from medkit.engine.ddp import dist_info
+
+        if not dist_info().is_main:
+            return
+        if json_out:
+            print_json({"run_dir": str(run_out), **record})
+            return
+        from rich.table import Table
+
+        table = Table(title=f"cross-validation: {record['metric']}")
+        table.add_column("fold")
+        table.add_column(record["metric"], justify="right")
+        for k, v in record["folds"].items():
+            table.add_row(k, f"{v:.4f}")
+        table.add_row("mean", f"{record['mean']:.4f}")
+        if "cv" in record:
+            table.add_row("OOF", f"{record['cv']:.4f}")
+        stdout.print(table)
+        stdout.print(str(Path(run_out) / "cv.json"))
+        return
+
+    result = fit(cfg)
+    from medkit.engine.ddp import dist_info
+
+    if not dist_info().is_main:  # under DDP only rank 0 reports
+        return
+    summary = {
+        "run_dir": str(result.run_dir),
+        "metric": result.metric,
+        "best": result.best_metric,
+        "best_epoch": result.best_epoch,
+        "epochs": result.epochs_done,
+        "steps": result.steps,
+        "stopped": result.stopped or None,
+        "test": result.test or None,
+    }
+    if json_out:
+        print_json(summary)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"medkit train {task}")
+    table.add_column("run")
+    table.add_column(f"best {result.metric}", justify="right")
+    table.add_column("epoch", justify="right")
+    table.add_column("steps", justify="right")
+    for k in result.test:
+        if k != "n":
+            table.add_column(f"test {k}", justify="right")
+    table.add_row(
+        str(result.run_dir),
+        f"{result.best_metric:.4f}",
+        str(result.best_epoch),
+        str(result.steps),
+        *[f"{v:.4f}" for k, v in result.test.items() if k != "n"],
+    )
+    stdout.print(table)

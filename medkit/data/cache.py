@@ -8,20 +8,23 @@ Layout of one cache, in ``cache_root/<key>/``::
 
 ``key`` hashes the sorted (relative path, size, mtime_ns) of the files and ``Preprocess.key()``: touching or
 changing a file, adding or removing one, or changing a parameter gives a new key and so a new cache (old ones are
-left in place; delete ``cache_root`` to reclaim the space). An interrupted build resumes: only rows not marked
-done are computed. Workers write into the memmap by row, each opening it ``r+``; a row is marked done only after
-the worker flushed it.
+left in place; delete ``cache_root`` to reclaim the space). A new cache first copies the finished rows of files
+that did not change from older caches with the same root and parameters, so only new or changed files are
+decoded. An interrupted build resumes: only rows not marked done are computed. Workers write into the memmap by
+row, each opening it ``r+``; a row is marked done only after its pixels were flushed. A lock file
+(``<key>.lock``) lets one process build while others (DDP ranks) wait.
 
 This module does not import torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,9 @@ def _file_entries(paths: Sequence[str | os.PathLike[str]]) -> tuple[Path, list[t
         try:
             st = p.stat()
         except OSError as exc:
-            raise DataError(f"{p}: cannot read image file ({exc.strerror})", hint="check the path and the data root")
+            raise DataError(
+                f"{p}: cannot read image file ({exc.strerror})", hint="check the path and the data root"
+            ) from exc
         entries.append((p.relative_to(root).as_posix(), int(st.st_size), int(st.st_mtime_ns)))
     return root, entries
 
@@ -62,6 +67,61 @@ def cache_key(entries: Sequence[tuple[str, int, int]], preprocess: Preprocess) -
     for rel, size, mtime in sorted(set(entries)):
         h.update(f"{rel}\0{size}\0{mtime}\n".encode())
     return h.hexdigest()[:20]
+
+
+@contextlib.contextmanager
+def _build_lock(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<key>.lock`` next to the cache, so only one process builds it.
+
+    Under DDP every rank asks for the same cache: the first builds it, the others wait and then find it complete.
+    """
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; builds by one process only
+        yield
+        return
+    with open(directory.parent / f"{directory.name}.lock", "a+b") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def _reuse_rows(directory: Path, entries: list[tuple[str, int, int]], root: str, pre_key: str) -> int:
+    """Copy finished rows of unchanged files from older caches of the same root and preprocessing.
+
+    Touching one file of 100,000 gives a new key; this keeps the new build to that one file.
+
+    Returns:
+        The number of rows copied.
+    """
+    wanted = {e: i for i, e in enumerate(entries)}
+    new_arr = np.load(directory / "images.npy", mmap_mode="r+")
+    new_done = np.load(directory / "done.npy", mmap_mode="r+")
+    copied = 0
+    for meta_path in sorted(directory.parent.glob("*/meta.json")):
+        if meta_path.parent == directory or new_done.all():
+            continue
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("preprocess_key") != pre_key or meta.get("root") != root:
+                continue
+            old_done = np.load(meta_path.parent / "done.npy")
+            old_arr = np.load(meta_path.parent / "images.npy", mmap_mode="r")
+        except (OSError, ValueError):
+            continue  # an unreadable old cache is only a missed shortcut
+        for j, e in enumerate(meta.get("files", [])):
+            i = wanted.get((e[0], int(e[1]), int(e[2])))
+            if i is not None and not new_done[i] and j < len(old_done) and old_done[j]:
+                new_arr[i] = old_arr[j]
+                new_done[i] = True
+                copied += 1
+        del old_arr
+    new_arr.flush()
+    new_done.flush()
+    return copied
 
 
 def _init_worker() -> None:
@@ -96,6 +156,41 @@ def _fill_rows(
     return written, error
 
 
+def _serial_build(
+    array_path: Path,
+    done: np.ndarray,
+    todo: np.ndarray,
+    files: list[str],
+    preprocess: Preprocess,
+    mark: Callable[[list[int]], None],
+) -> tuple[str, str, str | None] | None:
+    """Fill rows in this process, marking each row done as soon as it is written (a crash loses at most one)."""
+    arr = np.load(array_path, mmap_mode="r+")
+    try:
+        for row in todo.tolist():
+            try:
+                arr[row] = preprocess(files[row])
+            except DataError as exc:
+                return files[row], exc.message, exc.hint
+            except Exception as exc:
+                return files[row], f"{files[row]}: cannot read image ({type(exc).__name__}: {exc})", None
+            mark([row], arr)
+    finally:
+        arr.flush()  # pixels reach the file before the done-mask that vouches for them
+    return None
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def update(self, advance: int = 1, **fields: Any) -> None:
+        return None
+
+
 class UInt8Cache:
     """A memory-mapped (N, H, W, C) uint8 cache, read like a source: ``cache[i]``, ``len(cache)``, ``get_batch``.
 
@@ -111,6 +206,7 @@ class UInt8Cache:
             self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{meta_path}: not a medkit cache ({exc})", hint="rebuild the cache") from exc
+        self.meta.pop("files", None)  # can be megabytes; every DataLoader worker gets a pickled copy of self
         self.shape = tuple(int(s) for s in self.meta["shape"])
         self.rows = np.arange(self.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self._array: np.ndarray | None = None
@@ -141,14 +237,19 @@ class UInt8Cache:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        return np.asarray(self.array[self.rows[int(i)]])
+        return np.array(self.array[self.rows[int(i)]])  # a copy: the memmap is read-only
 
-    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
-        """uint8 (B, H, W, C) for the given rows, read with one fancy index (sorted, for sequential disk access)."""
+    def get_batch(self, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows, copied row by row from the memmap straight into ``out``.
+
+        Rows are read in stored order so the disk (or page cache) is read sequentially where possible.
+        """
         stored = self.rows[np.asarray(rows, dtype=np.int64)]
-        order = np.argsort(stored, kind="stable")
-        out = np.empty((len(stored), *self.shape[1:]), dtype=np.uint8)
-        out[order] = self.array[stored[order]]
+        if out is None:
+            out = np.empty((len(stored), *self.shape[1:]), dtype=np.uint8)
+        arr = self.array
+        for j in np.argsort(stored, kind="stable").tolist():
+            out[j] = arr[stored[j]]
         return out
 
     def __getstate__(self) -> dict[str, Any]:
@@ -177,7 +278,8 @@ class UInt8Cache:
             cache_root: Folder holding one sub-folder per cache key.
             workers: Worker processes; None = one per available core; 0 or 1 = in this process.
             progress: Show a progress bar on stderr.
-            on_row: Called in this process with each stored row index when it is marked done (tests, UIs).
+            on_row: Called in this process with each stored row index computed by this build (not for rows copied
+                from an older cache).
 
         Returns:
             The complete cache.
@@ -196,30 +298,34 @@ class UInt8Cache:
         shape = (n, *preprocess.out_shape)
         array_path = directory / "images.npy"
         done_path = directory / "done.npy"
-        if not (directory / "meta.json").is_file() or not array_path.is_file() or not done_path.is_file():
-            directory.mkdir(parents=True, exist_ok=True)
-            # Reserve the whole file up front (sparse on Linux), so workers can open it r+ and write any row.
-            np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape).flush()
-            np.save(done_path, np.zeros(n, dtype=bool))
-            write_json(
-                directory / "meta.json",
-                {
-                    "format": CACHE_FORMAT,
-                    "shape": list(shape),
-                    "root": str(root),
-                    "preprocess": preprocess.params(),
-                    "preprocess_key": preprocess.key(),
-                    "files": [list(e) for e in unique],
-                },
-            )
-        done = np.load(done_path, mmap_mode="r+")
-        if done.shape != (n,):
-            raise DataError(f"{done_path}: done-mask does not match the cache", hint=f"delete {directory} and rebuild")
-        todo = np.flatnonzero(~done)
-        if len(todo):
-            files = [str(root / unique[i][0]) for i in range(n)]
-            _run_build(array_path, done, todo, files, preprocess, workers, progress, on_row)
-        del done
+        with _build_lock(directory):
+            if not (directory / "meta.json").is_file() or not array_path.is_file() or not done_path.is_file():
+                directory.mkdir(parents=True, exist_ok=True)
+                # Reserve the whole file up front (sparse on Linux), so workers can open it r+ and write any row.
+                np.lib.format.open_memmap(array_path, mode="w+", dtype=np.uint8, shape=shape).flush()
+                np.save(done_path, np.zeros(n, dtype=bool))
+                write_json(
+                    directory / "meta.json",
+                    {
+                        "format": CACHE_FORMAT,
+                        "shape": list(shape),
+                        "root": str(root),
+                        "preprocess": preprocess.params(),
+                        "preprocess_key": preprocess.key(),
+                        "files": [list(e) for e in unique],
+                    },
+                )
+                _reuse_rows(directory, unique, str(root), preprocess.key())
+            done = np.load(done_path, mmap_mode="r+")
+            if done.shape != (n,):
+                raise DataError(
+                    f"{done_path}: done-mask does not match the cache", hint=f"delete {directory} and rebuild"
+                )
+            todo = np.flatnonzero(~done)
+            if len(todo):
+                files = [str(root / unique[i][0]) for i in range(n)]
+                _run_build(array_path, done, todo, files, preprocess, workers, progress, on_row)
+            del done
         return cls(directory, rows)
 
 
@@ -233,7 +339,7 @@ def _run_build(
     progress: bool,
     on_row: Callable[[int], None] | None,
 ) -> None:
-    from medkit.console import Progress, is_quiet
+    from medkit.console import Progress
 
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -241,7 +347,7 @@ def _run_build(
     last_flush = time.monotonic()
     error: tuple[str, str, str | None] | None = None
 
-    def mark(rows: list[int]) -> None:
+    def mark(rows: list[int], arr: np.ndarray | None = None) -> None:
         nonlocal last_flush
         done[rows] = True
         if on_row is not None:
@@ -249,44 +355,48 @@ def _run_build(
                 on_row(r)
         bar.update(len(rows))
         if time.monotonic() - last_flush > _FLUSH_SECONDS:
+            if arr is not None:
+                arr.flush()
             done.flush()
             last_flush = time.monotonic()
 
-    enabled = progress and not is_quiet()
-    bar = Progress(total=len(todo), description="caching images", unit="img")
-    bar._enabled = bar._enabled and enabled
+    bar = Progress(total=len(todo), description="caching images", unit="img") if progress else _NoBar()
     try:
         with bar:
             if workers <= 1 or len(chunks) == 1:
-                for chunk in chunks:
-                    written, error = _fill_rows(str(array_path), chunk, [files[r] for r in chunk], preprocess)
-                    mark(written)
-                    if error:
-                        break
+                error = _serial_build(array_path, done, todo, files, preprocess, mark)
             else:
                 import multiprocessing as mp
 
                 # spawn, not fork: the parent may hold torch / CUDA state that a forked child must not inherit.
                 ctx = mp.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker) as pool:
-                    pending = {
-                        pool.submit(_fill_rows, str(array_path), c, [files[r] for r in c], preprocess) for c in chunks
-                    }
-                    while pending:
+                pool = ProcessPoolExecutor(
+                    max_workers=min(workers, len(chunks)), mp_context=ctx, initializer=_init_worker
+                )
+                pending = {
+                    pool.submit(_fill_rows, str(array_path), c, [files[r] for r in c], preprocess) for c in chunks
+                }
+                try:
+                    while pending and not error:
                         finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                         for fut in finished:
                             written, err = fut.result()
                             mark(written)
                             error = error or err
-                        if error:
-                            for fut in pending:
-                                fut.cancel()
-                            # Rows being written by running tasks are kept too: wait and mark them.
-                            for fut in pending:
-                                if not fut.cancelled():
-                                    written, _ = fut.result()
-                                    mark(written)
-                            break
+                    for fut in pending:
+                        fut.cancel()
+                    # Rows written by tasks already running when the error came are kept too.
+                    for fut in pending:
+                        if not fut.cancelled():
+                            mark(fut.result()[0])
+                    pool.shutdown(wait=True)
+                except BaseException:
+                    # Ctrl-C: keep what finished, do not wait for the rest (a resumed build redoes them).
+                    for fut in pending:
+                        if fut.done() and not fut.cancelled() and fut.exception() is None:
+                            mark(fut.result()[0])
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
     finally:
         done.flush()
     if error:

@@ -165,15 +165,25 @@ class Preprocess:
         from medkit.data.readers import read_image
 
         img = read_image(path)
+        ds = None
+        if self.windows and "dicom" in self.windows:
+            import pydicom
+
+            # The "dicom" window comes from the file's own WindowCenter / WindowWidth.
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         try:
-            return self.from_array(img)
+            return self.from_array(img, ds=ds)
         except DataError as exc:
             raise DataError(f"{path}: {exc.message}", hint=exc.hint) from exc
         except Exception as exc:  # cv2 raises its own error type for shapes it cannot resize
             raise DataError(f"{path}: cannot preprocess image of shape {img.shape}, dtype {img.dtype}: {exc}") from exc
 
-    def from_array(self, img: np.ndarray) -> np.ndarray:
+    def from_array(self, img: np.ndarray, ds: Any = None) -> np.ndarray:
         """Preprocess an in-memory image: (H, W) or (H, W, C), any dtype (float = Hounsfield units with windows).
+
+        Args:
+            img: The image.
+            ds: The pydicom dataset, needed only for the ``dicom`` window.
 
         Returns:
             uint8 (H, W, C) with the shape `out_shape`.
@@ -194,7 +204,7 @@ class Preprocess:
                 )
             from medkit.data.dicom import multi_window
 
-            out = multi_window(img.astype(np.float32, copy=False), list(self.windows))
+            out = multi_window(img.astype(np.float32, copy=False), list(self.windows), ds=ds)
         else:
             out = to_uint8(img, self.bit_depth, self.percentiles)
             out = self._map_channels(out)
@@ -249,7 +259,7 @@ class Source(Protocol):
 
     def __getitem__(self, i: int) -> np.ndarray: ...
 
-    def get_batch(self, rows: Sequence[int]) -> np.ndarray: ...
+    def get_batch(self, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray: ...
 
 
 class FileSource:
@@ -275,9 +285,10 @@ class FileSource:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.preprocess(self.paths[int(i)])
 
-    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
-        """uint8 (B, H, W, C) for the given rows."""
-        out = np.empty((len(rows), *self.preprocess.out_shape), dtype=np.uint8)
+    def get_batch(self, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows (written into ``out`` when given)."""
+        if out is None:
+            out = np.empty((len(rows), *self.preprocess.out_shape), dtype=np.uint8)
         for j, i in enumerate(rows):
             out[j] = self[i]
         return out
@@ -323,8 +334,10 @@ class ArraySource:
         img = self.images[int(i)]
         return img if self.preprocess is None else self.preprocess.from_array(img)
 
-    def get_batch(self, rows: Sequence[int]) -> np.ndarray:
-        """uint8 (B, H, W, C) for the given rows."""
-        if self.preprocess is None:
-            return self.images[np.asarray(rows, dtype=np.int64)]
-        return np.stack([self[i] for i in rows])
+    def get_batch(self, rows: Sequence[int], out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 (B, H, W, C) for the given rows (written into ``out`` when given)."""
+        if out is None:
+            out = np.empty((len(rows), *self.shape[1:]), dtype=np.uint8)
+        for j, i in enumerate(rows):
+            out[j] = self[i]
+        return out

@@ -13,14 +13,14 @@ cv2, tifffile and pydicom are imported inside the readers: importing this module
 from __future__ import annotations
 
 import os
-import zipfile
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkit.errors import DataError
+from medkit.errors import DataError, UsageError
 from medkit.registries import READERS
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "MAX_PIXELS",
     "read_image",
     "detect_reader",
+    "tiff_pages",
     "load_medmnist",
     "read_png",
     "read_jpeg",
@@ -63,11 +64,15 @@ def _head(path: Path, n: int = 132) -> bytes:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise ImageReadError(f"{path}: no such file", hint="check the path (relative paths start at the current folder)")
-    if path.is_dir():
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file", hint="check the path (relative to the current folder)") from None
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror})", hint="check the file's permissions") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageReadError(f"{path}: is a folder, not an image file", hint="pass the image files inside it")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise ImageReadError(f"{path}: empty file (0 bytes)", hint="the file was not fully written; copy it again")
 
 
@@ -89,21 +94,39 @@ def detect_reader(path: str | os.PathLike[str]) -> str:
     """
     path = Path(path)
     _check_file(path)
+    return _detect(path)
+
+
+def _detect(path: Path) -> str:
     suffix = path.suffix.lower()
-    entries = READERS.entries()
-    if suffix:
-        for entry in entries:
-            if suffix in entry.flags.get("suffixes", ()):
-                return entry.name
+    by_suffix, by_magic = _detection_tables()
+    if suffix in by_suffix:
+        return by_suffix[suffix]
     head = _head(path)
-    for entry in entries:
-        if _matches_magic(head, entry.flags.get("magic", ())):
-            return entry.name
-    known = sorted({s for e in entries for s in e.flags.get("suffixes", ())})
+    for name, magic in by_magic:
+        if _matches_magic(head, magic):
+            return name
+    known = sorted(by_suffix)
     raise ImageReadError(
         f"{path}: unsupported image format (suffix '{suffix or '(none)'}', content not recognised)",
         hint=f"medkit reads {', '.join(known)}; pass reader=NAME to force one (`medkit list readers`)",
     )
+
+
+_TABLES: list[tuple[dict[str, str], list[tuple[str, Any]]]] = []
+
+
+def _detection_tables() -> tuple[dict[str, str], list[tuple[str, Any]]]:
+    # Built once: read_image runs per sample in data loaders, so detection must be cheap.
+    if not _TABLES:
+        entries = READERS.entries()
+        by_suffix: dict[str, str] = {}
+        for entry in entries:
+            for suffix in entry.flags.get("suffixes", ()):
+                by_suffix.setdefault(suffix.lower(), entry.name)
+        by_magic = [(e.name, e.flags["magic"]) for e in entries if e.flags.get("magic")]
+        _TABLES.append((by_suffix, by_magic))
+    return _TABLES[0]
 
 
 def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw: Any) -> np.ndarray:
@@ -124,8 +147,17 @@ def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw:
     """
     path = Path(path)
     _check_file(path)
-    name = reader or detect_reader(path)
-    return READERS.create(name, path, **kw)
+    name = reader or _detect(path)
+    factory = READERS.get(name).factory  # not READERS.create: it drops None, and max_pixels=None means "no limit"
+    try:
+        return factory(path, **kw)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise UsageError(
+            f"reader '{name}' does not take that option ({exc}) for {path}",
+            hint=f"see the options of the {name} reader in docs/readers.md",
+        ) from None
 
 
 def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int | None, what: str = "image") -> None:
@@ -134,7 +166,7 @@ def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int | None, wh
     n = int(np.prod([int(s) for s in shape], dtype=np.int64)) if shape else 0
     if n > max_pixels:
         raise ImageReadError(
-            f"{path}: {what} of shape {tuple(shape)} has {n:,} values, above the limit of {max_pixels:,}",
+            f"{path}: {what} of shape {tuple(shape)} has {n:,} pixels, above the limit of {max_pixels:,}",
             hint=f"{_TILE_HINT}; or raise the limit with max_pixels=",
         )
 
@@ -150,11 +182,11 @@ def _png_size(head: bytes) -> tuple[int, int] | None:
 def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
     import cv2
 
-    size = _png_size(_head(path, 32))
-    if size is not None:
-        _check_pixels(path, size, max_pixels)
     # imdecode on the bytes instead of imread: imread returns None silently on non-ASCII paths on some platforms.
     data = np.fromfile(path, dtype=np.uint8)
+    size = _png_size(data[:32].tobytes())
+    if size is not None:
+        _check_pixels(path, size, max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(
@@ -233,15 +265,23 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
                         hint="pass a page number from the list",
                     )
                 pg = tf.pages[page]
-                _check_pixels(path, _planar(pg.shape, pg), max_pixels, f"page {page}")
-                arr = pg.asarray()
+                _check_pixels(path, _planar(pg.shape, pg.axes), max_pixels, f"page {page}")
+                arr, axes = pg.asarray(), pg.axes
             else:
                 series = tf.series[0]
                 shape = tuple(series.shape)
-                if len(series.levels) > 1 or tf.is_svs or tf.is_ndpi:
+                pages = tf.pages
+                slide = len(series.levels) > 1 or tf.is_svs or tf.is_ndpi
+                same = len(pages) > 1 and all(p.shape == pages[0].shape and p.dtype == pages[0].dtype for p in pages)
+                if slide:
                     _check_pixels(path, shape[:2], max_pixels, "slide level 0")
-                _check_pixels(path, _planar(shape, series), max_pixels)
-                arr = series.asarray()
+                if same and not slide and len(series.shape) == len(pages[0].shape):
+                    # Pages written one by one form one series each; equal pages are a stack (frames, slices).
+                    _check_pixels(path, (len(pages), *_planar(pages[0].shape, pages[0].axes)), max_pixels, "page stack")
+                    arr, axes = tf.asarray(key=slice(None)), "I" + pages[0].axes
+                else:
+                    _check_pixels(path, _planar(shape, series.axes), max_pixels)
+                    arr, axes = series.asarray(), series.axes
     except ImageReadError:
         raise
     except Exception as exc:  # tifffile raises TiffFileError, ValueError, struct.error... on broken files
@@ -249,18 +289,37 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
             f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})",
             hint="the file is truncated or not a TIFF; re-export it",
         ) from exc
-    return _channels_last(arr, tf_planar=False)
+    return _channels_last(arr, axes)
 
 
-def _planar(shape: tuple[int, ...], obj: Any) -> tuple[int, ...]:
-    # Count pixels per channel: a (3, H, W) planar RGB page is one H x W image.
-    return tuple(s for s in shape if s > 4) or shape
+def tiff_pages(path: str | os.PathLike[str]) -> list[tuple[tuple[int, ...], str]]:
+    """Shape and dtype of every page of a TIFF (the pyramid levels, label and macro images of a slide), unread.
+
+    Raises:
+        ImageReadError: When the file cannot be opened as TIFF.
+    """
+    import tifffile
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        with tifffile.TiffFile(path) as tf:
+            return [(tuple(int(s) for s in p.shape), str(p.dtype)) for p in tf.pages]
+    except Exception as exc:
+        raise ImageReadError(f"{path}: cannot read as TIFF ({type(exc).__name__}: {exc})", hint="re-export it") from exc
 
 
-def _channels_last(arr: np.ndarray, tf_planar: bool) -> np.ndarray:
-    # tifffile keeps planar-configuration pages as (C, H, W); medkit's contract is channels-last.
-    if arr.ndim == 3 and arr.shape[0] in (3, 4) and arr.shape[2] > 4:
-        arr = np.moveaxis(arr, 0, -1)
+def _planar(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
+    # Count pixels, not samples: the 'S' (channel) axis of an RGB page does not add to the size.
+    if len(axes) != len(shape):
+        return tuple(shape)
+    return tuple(n for n, ax in zip(shape, axes, strict=True) if ax != "S")
+
+
+def _channels_last(arr: np.ndarray, axes: str) -> np.ndarray:
+    # tifffile keeps planar-configuration samples as an 'S' axis before Y and X; medkit is channels-last.
+    if "S" in axes and "Y" in axes and axes.index("S") < axes.index("Y") and len(axes) == arr.ndim:
+        arr = np.moveaxis(arr, axes.index("S"), -1)
     return np.ascontiguousarray(arr)
 
 
@@ -369,7 +428,8 @@ def load_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, n
             if ik not in npz.files and lk not in npz.files:
                 continue
             if ik not in npz.files or lk not in npz.files:
-                raise ImageReadError(f"{path}: has {'ik' if ik in npz.files else lk} but not its pair", hint="re-download")
+                have, missing = (ik, lk) if ik in npz.files else (lk, ik)
+                raise ImageReadError(f"{path}: has {have} but not {missing}", hint="re-download the file")
             try:
                 images, labels = npz[ik], npz[lk]
             except Exception as exc:  # a truncated member fails only when read
@@ -387,13 +447,9 @@ def load_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, n
     if not out:
         raise ImageReadError(
             f"{path}: not a MedMNIST archive (arrays: {', '.join(npz.files)})",
-            hint="MedMNIST files hold train_images/train_labels, val_*, test_*; use read_image(path, key=...) otherwise",
+            hint="MedMNIST files hold train_images/train_labels, val_*, test_*; else use read_image(path, key=...)",
         )
     return out
-
-
-def _zip_ok(path: Path) -> bool:
-    return zipfile.is_zipfile(path)
 
 
 # ---------------------------------------------------------------------------------------------- DICOM

@@ -106,5 +106,13 @@ def gather_arrays(arrays: dict[str, Any], info: DistInfo) -> dict[str, Any]:
 
 def relaunch_argv(nproc: int, argv: list[str]) -> list[str]:
     """The command that re-runs ``medkit <argv>`` under torch.distributed.run with ``nproc`` processes."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "medkit",
-            *argv]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "medkit",
+        *argv,
+    ]

@@ -117,8 +117,12 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 _COLOURS = [(200, 80, 30), (30, 30, 200), (40, 150, 40), (150, 40, 150), (20, 140, 200), (90, 90, 90)]
 
 
-def draw_curves(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], keys: Sequence[str],
-                size: tuple[int, int] = (640, 400)) -> Path | None:
+def draw_curves(
+    path: str | os.PathLike[str],
+    rows: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    size: tuple[int, int] = (640, 400),
+) -> Path | None:
     """Draw the per-epoch curves of ``keys`` as lines on a white canvas (cv2; no matplotlib needed).
 
     Each series is scaled to its own range (the legend gives min and max), so a loss and an AUC share one plot.
@@ -135,7 +139,7 @@ def draw_curves(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], ke
     if not series:
         return None
     w, h = size
-    left, right, top, bottom = 50, 20, 20, 40 + 18 * len(series)
+    left, right, top = 50, 20, 20
     img = np.full((h + 18 * len(series), w, 3), 255, np.uint8)
     pw, ph = w - left - right, h - top - 40
     cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
@@ -164,8 +168,14 @@ def draw_curves(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], ke
     return Path(path)
 
 
-def write_oof(path: str | os.PathLike[str], ids: Sequence[str], targets: Any, probs: Any,
-              label_names: Sequence[str], extra: dict[str, Sequence[Any]] | None = None) -> Path:
+def write_oof(
+    path: str | os.PathLike[str],
+    ids: Sequence[str],
+    targets: Any,
+    probs: Any,
+    label_names: Sequence[str],
+    extra: dict[str, Sequence[Any]] | None = None,
+) -> Path:
     """Write out-of-fold predictions: ``image``, one ``<label>`` target column and one ``<label>_prob`` column each.
 
     Args:

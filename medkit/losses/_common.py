@@ -13,11 +13,23 @@ from torch import nn
 
 from medkit.errors import UsageError
 
-__all__ = ["FLAG_NAMES", "flags", "checked_options", "match_target", "penalised_parameters", "weight_penalty"]
+__all__ = [
+    "FLAG_NAMES",
+    "CONTEXT_OPTIONS",
+    "flags",
+    "checked_options",
+    "match_target",
+    "as_vector",
+    "penalised_parameters",
+    "weight_penalty",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 FLAG_NAMES = ("multilabel", "multiclass", "ordinal", "regression", "needs_indices", "needs_model")
+
+# facts about the training data the engine may pass to any loss; a factory that has no use for one ignores it
+CONTEXT_OPTIONS = frozenset({"label_prevalence", "num_classes", "num_examples"})
 
 
 def flags(**on: bool) -> dict[str, bool]:
@@ -31,6 +43,9 @@ def flags(**on: bool) -> dict[str, bool]:
 def checked_options(kind: str) -> Callable[[F], F]:
     """Turn an unknown keyword option into a `UsageError` listing the valid ones (instead of a `TypeError`).
 
+    The context options (`CONTEXT_OPTIONS`) are dropped when the factory does not declare them, so the engine
+    can pass the same training-set facts to every loss.
+
     Args:
         kind: Word used in the message (``"loss"``).
     """
@@ -42,6 +57,7 @@ def checked_options(kind: str) -> Callable[[F], F]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if args:
                 raise UsageError(f"{kind} '{fn.__name__}' takes keyword options only, got {len(args)} positional")
+            kwargs = {k: v for k, v in kwargs.items() if k in valid or k not in CONTEXT_OPTIONS}
             for key in kwargs:
                 if key not in valid:
                     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
@@ -83,8 +99,8 @@ def as_vector(values: float | Sequence[float], name: str, option: str) -> torch.
 
 def _head_module(model: nn.Module) -> nn.Module:
     getter = getattr(model, "get_classifier", None)  # timm models name their head
-    if callable(getter):
-        head = getter()
+    candidates = [getter() if callable(getter) else None, getattr(model, "head", None)]  # medkit models: .head
+    for head in candidates:
         if isinstance(head, nn.Module) and any(True for _ in head.parameters()):
             return head
     last: nn.Module | None = None
@@ -93,7 +109,7 @@ def _head_module(model: nn.Module) -> nn.Module:
             last = module
     if last is None:
         raise UsageError(
-            "head_only=True but the model has neither get_classifier() nor an nn.Linear layer",
+            "head_only=True but the model has no get_classifier(), no .head and no nn.Linear layer",
             hint="use head_only=False to penalise every weight",
         )
     return last
@@ -107,8 +123,8 @@ def penalised_parameters(model: nn.Module, head_only: bool = False) -> Iterator[
 
     Args:
         model: The model being trained.
-        head_only: Only the classifier head (``model.get_classifier()`` for timm models, else the last
-            ``nn.Linear``).
+        head_only: Only the classifier head: ``model.get_classifier()`` (timm), else ``model.head`` (medkit
+            models, every label group's head), else the last ``nn.Linear``.
     """
     source = _head_module(model) if head_only else model
     for param in source.parameters():

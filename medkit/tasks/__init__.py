@@ -46,7 +46,7 @@ class Task:
         batch_size: Batch size (global: split across processes under DDP).
         mean: Normalisation mean per channel (one value is repeated).
         std: Normalisation std per channel.
-        augment: Keyword arguments for `medkit.data.augment.AugmentConfig`.
+        augment: Keyword arguments for `medkit.data.augment.AugmentConfig` (normalisation comes from mean/std).
         group_aware: Whether rows of one patient/series must stay together (folds, OOF).
     """
 
@@ -160,7 +160,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         epochs=5,
         mean=_IMAGENET_MEAN,
         std=_IMAGENET_STD,
-        augment={"hflip": True, "rotate": 15.0, "scale": 0.1},
+        augment={"hflip": 0.5, "affine_p": 0.5, "rotate": 15.0, "scale": (0.9, 1.1)},
         group_aware=True,
     ),
     "cxr": dict(
@@ -179,7 +179,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         epochs=10,
         mean=_IMAGENET_MEAN,
         std=_IMAGENET_STD,
-        augment={"hflip": False, "rotate": 10.0, "scale": 0.1, "brightness": 0.1, "contrast": 0.1},
+        augment={"affine_p": 0.5, "rotate": 10.0, "scale": (0.9, 1.1), "brightness": 0.1, "contrast": 0.1},
         group_aware=True,
     ),
     "wsi": dict(
@@ -190,7 +190,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         in_chans=3,
         img_size=768,
         model="efficientnet_b0",
-        loss="bce",
+        loss="ordinal",
         metric="qwk",
         optimizer="adam",
         lr=3e-4,
@@ -198,7 +198,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         epochs=10,
         mean=_IMAGENET_MEAN,
         std=_IMAGENET_STD,
-        augment={"hflip": True, "vflip": True, "rotate": 90.0},
+        augment={"hflip": 0.5, "vflip": 0.5},
         group_aware=True,
     ),
     "scan": dict(
@@ -214,7 +214,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         weight_decay=0.0,
         epochs=20,
         batch_size=64,
-        augment={"hflip": True},
+        augment={"hflip": 0.5},
     ),
     "binary": dict(
         description="Any table with one 0/1 label column (or a MedMNIST binary npz), scored by AUC",

@@ -1,0 +1,252 @@
+"""Engine building blocks: batch order, checkpoints, run files, the loop functions, OOF de-duplication."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
+from medkit.engine.data import EpochBatches
+from medkit.engine.loop import EpochState, StepContext, evaluate, targets_to_ordinal, to_float_image, train_one_epoch
+from medkit.engine.run import data_hash, draw_curves, read_metrics, write_metrics, write_oof
+from medkit.errors import DataError, UsageError
+
+
+# ---------------------------------------------------------------------------------------------------- batch order
+def test_epoch_order_depends_only_on_seed_and_epoch() -> None:
+    a, b = EpochBatches(50, 8, True, seed=3), EpochBatches(50, 8, True, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert all(np.array_equal(x, y) for x, y in zip(a.batches(), b.batches(), strict=True))
+    b.set_epoch(3)
+    assert not all(np.array_equal(x, y) for x, y in zip(a.batches(), b.batches(), strict=True))
+    flat = np.concatenate(a.batches())
+    assert sorted(flat.tolist()) == list(range(50))  # a permutation: every row once
+
+
+def test_skip_resumes_at_the_right_batch() -> None:
+    full = EpochBatches(50, 8, True, seed=1)
+    full.set_epoch(4)
+    part = EpochBatches(50, 8, True, seed=1)
+    part.set_epoch(4, skip_batches=3)
+    assert len(part) == len(full) - 3
+    assert all(np.array_equal(x, y) for x, y in zip(list(part), full.batches()[3:], strict=True))
+
+
+def test_trailing_single_image_batch_is_dropped_in_training_only() -> None:
+    train = EpochBatches(17, 8, True)
+    assert [len(b) for b in train.batches()] == [8, 8]
+    val = EpochBatches(17, 8, False, train=False)
+    assert [len(b) for b in val.batches()] == [8, 8, 1]
+    assert np.concatenate(val.batches()).tolist() == list(range(17))
+
+
+def test_ranks_split_one_permutation_with_padding_like_distributed_sampler() -> None:
+    n, world = 11, 2
+    ranks = [EpochBatches(n, 4, False, world_size=world, rank=r, train=False) for r in range(world)]
+    per_rank = [np.concatenate(r.batches()) for r in ranks]
+    assert len(per_rank[0]) == len(per_rank[1])  # equal step counts: DDP would hang otherwise
+    union = set(per_rank[0].tolist()) | set(per_rank[1].tolist())
+    assert union == set(range(n))
+    assert len(per_rank[0]) + len(per_rank[1]) == 12  # padded to a multiple of world * local batch
+
+
+def test_batch_smaller_than_world_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="batch size"):
+        EpochBatches(10, 1, True, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoint
+def test_checkpoint_round_trip_restores_every_rng(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(5)
+    state = {"model": {"w": torch.arange(3.0)}, "rng": rng_state({"augment": gen})}
+    expected = (np.random.rand(), torch.rand(2), torch.rand(2, generator=gen))
+    path = save_checkpoint(tmp_path / "c" / "last.pt", state)
+    assert path.is_file() and not list(path.parent.glob(".*tmp"))  # atomic: no temp file left
+    loaded = load_checkpoint(path)
+    torch.manual_seed(999)
+    np.random.seed(999)
+    gen2 = torch.Generator()
+    set_rng_state(loaded["rng"], {"augment": gen2})
+    assert np.random.rand() == expected[0]
+    assert torch.equal(torch.rand(2), expected[1])
+    assert torch.equal(torch.rand(2, generator=gen2), expected[2])
+    assert torch.equal(loaded["model"]["w"], torch.arange(3.0))
+
+
+def test_load_checkpoint_errors_name_the_file(tmp_path) -> None:
+    with pytest.raises(DataError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="bad.pt"):
+        load_checkpoint(bad)
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a medkit checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_unwrap_removes_wrappers() -> None:
+    inner = torch.nn.Linear(2, 1)
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.module = inner
+
+    assert unwrap(Wrapper()) is inner
+
+
+# ---------------------------------------------------------------------------------------------------- run files
+def test_metrics_csv_round_trip_and_curve_png(tmp_path) -> None:
+    import cv2
+
+    rows = [{"epoch": 1, "train_loss": 0.9, "auc": 0.6}, {"epoch": 2, "train_loss": 0.5, "auc": 0.8, "lr": 1e-3}]
+    write_metrics(tmp_path / "metrics.csv", rows)
+    back = read_metrics(tmp_path / "metrics.csv")
+    assert [r["epoch"] for r in back] == [1, 2]
+    assert back[1]["auc"] == pytest.approx(0.8) and back[1]["lr"] == pytest.approx(1e-3)
+    assert back[0]["lr"] == ""  # a column that appears later is blank before
+    png = draw_curves(tmp_path / "curve.png", back, ["train_loss", "auc"])
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[1] == 640
+    # Lines were drawn: some pixels are neither white nor black.
+    coloured = ((img != 255).any(axis=2) & (img != 0).any(axis=2)).sum()
+    assert coloured > 100
+    assert draw_curves(tmp_path / "none.png", back, ["missing"]) is None
+
+
+def test_write_oof_columns(tmp_path) -> None:
+    import pandas as pd
+
+    write_oof(
+        tmp_path / "oof.csv",
+        ["a", "b"],
+        np.array([[1, 0], [0, 1]]),
+        np.array([[0.9, 0.2], [0.1, 0.7]]),
+        ["x", "y"],
+        {"patient_id": ["p1", "p2"]},
+    )
+    df = pd.read_csv(tmp_path / "oof.csv")
+    assert list(df.columns) == ["image", "patient_id", "x", "y", "x_prob", "y_prob"]
+    assert df["y_prob"].tolist() == [0.2, 0.7]
+
+
+def test_data_hash_changes_with_table_and_files(tmp_path) -> None:
+    f = tmp_path / "a.png"
+    f.write_bytes(b"12")
+    h1 = data_hash(b"table", [f])
+    assert h1 == data_hash(b"table", [f])
+    assert h1 != data_hash(b"table2", [f])
+    f.write_bytes(b"123")
+    assert h1 != data_hash(b"table", [f])
+
+
+# ---------------------------------------------------------------------------------------------------- loop
+def test_to_float_image_matches_formula() -> None:
+    x = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # (1, 2, 1, 2)
+    y = to_float_image(x, [0.5, 0.0], [0.5, 1.0])
+    assert torch.allclose(y[0, 0, 0], torch.tensor([-1.0, 1.0]))
+    assert torch.allclose(y[0, 1, 0], torch.tensor([0.2, 0.4]))
+
+
+def test_targets_to_ordinal_hand_values() -> None:
+    out = targets_to_ordinal(torch.tensor([0, 2, 5]), 6)
+    assert out.tolist() == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+
+
+def _toy_loader(n: int = 12, bs: int = 4) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
+    target = (images.float().mean(dim=(1, 2, 3)) > 127).float().unsqueeze(1)
+    return [
+        {"image": images[i : i + bs], "target": target[i : i + bs], "index": torch.arange(i, min(n, i + bs))}
+        for i in range(0, n, bs)
+    ]
+
+
+def _ctx(model: torch.nn.Module) -> StepContext:
+    return StepContext(
+        loss_fn=torch.nn.BCEWithLogitsLoss(),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        device=torch.device("cpu"),
+        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
+    )
+
+
+def test_train_one_epoch_matches_a_plain_loop() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    ref.load_state_dict(model.state_dict())
+    loader = _toy_loader()
+    state = train_one_epoch(model, loader, _ctx(model))
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    losses = []
+    for b in loader:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            ref(to_float_image(b["image"], [0.5], [0.5])), b["target"]
+        )
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert state.step == 3 and state.seen == 12
+    assert state.loss == pytest.approx(np.mean(losses), rel=1e-6)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p, q)
+
+
+def test_on_step_can_stop_and_dry_run_does_one_batch() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    st = train_one_epoch(model, _toy_loader(), _ctx(model), on_step=lambda s: s.step >= 2)
+    assert st.step == 2
+    st = train_one_epoch(model, _toy_loader(), _ctx(model), dry_run=True)
+    assert st.step == 1
+    # A resumed epoch keeps its running sums.
+    st = train_one_epoch(model, _toy_loader()[2:], _ctx(model), state=EpochState(step=2, loss_sum=8.0, seen=8))
+    assert st.step == 3 and st.seen == 12
+
+
+def test_evaluate_returns_sigmoid_or_softmax_probabilities() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    loader = _toy_loader()
+    res = evaluate(
+        model,
+        loader,
+        device=torch.device("cpu"),
+        target="multiclass",
+        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
+    )
+    assert res["probs"].shape == (12, 3)
+    assert np.allclose(res["probs"].sum(1), 1.0, atol=1e-6)
+    assert res["index"].tolist() == list(range(12))
+    res2 = evaluate(
+        model,
+        loader,
+        device=torch.device("cpu"),
+        target="multilabel",
+        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
+    )
+    x = to_float_image(torch.cat([b["image"] for b in loader]), [0.5], [0.5])
+    with torch.no_grad():
+        assert np.allclose(res2["probs"], torch.sigmoid(model(x)).numpy(), atol=1e-6)
+
+
+def test_gather_eval_dedups_padded_rows_and_maps_positions() -> None:
+    from medkit.engine.data import Split
+    from medkit.engine.ddp import DistInfo
+    from medkit.engine.fit import _gather_eval
+
+    split = Split(source=None, rows=np.array([3, 5, 9]), all_targets=np.zeros((10, 1)), ids=["a", "b", "c"])
+    res = {
+        "probs": np.array([[0.1], [0.2], [0.3], [0.1]]),
+        "index": np.array([3, 5, 9, 3]),
+        "targets": np.zeros((4, 1)),
+        "loss": 0.0,
+    }
+    out = _gather_eval(res, DistInfo(), split)
+    assert out["index"].tolist() == [0, 1, 2]
+    assert out["probs"][:, 0].tolist() == [0.1, 0.2, 0.3]

@@ -1,0 +1,243 @@
+"""Preprocess, the sources, ImageDataset, make_loader, to_device, the prefetcher and the profiler."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from medkit.data.loader import CUDAPrefetcher, ImageDataset, Profiler, default_workers, make_loader, to_device
+from medkit.data.pipeline import ArraySource, FileSource, Preprocess, to_uint8
+from medkit.errors import DataError, UsageError
+
+
+def test_to_uint8_minmax_against_hand_computed_values() -> None:
+    img = np.array([[1000, 1500], [2000, 3000]], dtype=np.uint16)
+    # (v - 1000) * 255 / 2000, rounded: 0, 63.75 -> 64, 127.5 -> 128 (round half to even), 255
+    np.testing.assert_array_equal(to_uint8(img), [[0, 64], [128, 255]])
+    assert to_uint8(np.full((3, 3), 42, dtype=np.uint16)).max() == 0  # constant image
+    u8 = np.array([[3, 200]], dtype=np.uint8)
+    assert to_uint8(u8) is u8
+
+
+def test_to_uint8_percentile_clips_outliers() -> None:
+    img = np.arange(1000, dtype=np.float32).reshape(20, 50)
+    img[0, 0] = 1e6  # one hot pixel
+    out = to_uint8(img, "percentile", (1.0, 99.0))
+    lo, hi = np.percentile(img, [1.0, 99.0])
+    expected = np.clip(np.rint((img - lo) * 255 / (hi - lo)), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+    # min-max would squash everything to ~0 because of the hot pixel
+    assert to_uint8(img).mean() < 1 < out.mean()
+
+
+def test_preprocess_channels_resize_and_margin() -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (40, 60), dtype=np.uint8)
+    pre = Preprocess(size=(10, 20), margin=3, channels=3)
+    out = pre.from_array(gray)
+    assert out.shape == (16, 26, 3) and out.dtype == np.uint8
+    expected = cv2.resize(gray, (26, 16), interpolation=cv2.INTER_AREA)
+    for c in range(3):
+        np.testing.assert_array_equal(out[:, :, c], expected)
+    # enlarging uses linear interpolation
+    up = Preprocess(size=80, channels=1).from_array(gray)
+    np.testing.assert_array_equal(up[:, :, 0], cv2.resize(gray, (80, 80), interpolation=cv2.INTER_LINEAR))
+
+    rgb = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    one = Preprocess(size=8, channels=1).from_array(rgb)
+    np.testing.assert_array_equal(one[:, :, 0], cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
+    rgba = np.concatenate([rgb, np.full((8, 8, 1), 9, np.uint8)], axis=2)
+    np.testing.assert_array_equal(Preprocess(size=8).from_array(rgba), rgb)
+
+
+def test_preprocess_is_picklable_and_validates() -> None:
+    pre = Preprocess(size=64, margin=4, windows=("brain", "subdural", "soft_tissue"))
+    again = pickle.loads(pickle.dumps(pre))
+    assert again == pre and again.key() == pre.key()
+    assert again.out_shape == (72, 72, 3)
+    with pytest.raises(UsageError, match="channels"):
+        Preprocess(channels=2)
+    with pytest.raises(UsageError, match="bit_depth"):
+        Preprocess(bit_depth="gamma")
+    with pytest.raises(DataError, match="Hounsfield"):
+        pre.from_array(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DataError, match="shape"):
+        Preprocess().from_array(np.zeros((2, 2, 2, 2)))
+
+
+def test_preprocess_reads_16bit_png(tmp_path: Path) -> None:
+    img = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 7 % 60000 + 1000).astype(np.uint16)
+    path = tmp_path / "x.png"
+    cv2.imwrite(str(path), img)
+    out = Preprocess(size=32, channels=1)(path)
+    expected = cv2.resize(to_uint8(img), (32, 32), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(out[:, :, 0], expected)
+
+
+def test_preprocess_unreadable_file_names_it(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(DataError, match="broken.png"):
+        Preprocess(size=8)(bad)
+
+
+def test_array_and_file_sources(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    imgs = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    raw = ArraySource(imgs)
+    assert len(raw) == 5 and raw.shape == (5, 28, 28, 1)
+    np.testing.assert_array_equal(raw[2][:, :, 0], imgs[2])
+    np.testing.assert_array_equal(raw.get_batch([4, 1])[:, :, :, 0], imgs[[4, 1]])
+    pre = Preprocess(size=14, channels=3)
+    sized = ArraySource(imgs, pre)
+    assert sized.shape == (5, 14, 14, 3)
+    np.testing.assert_array_equal(sized[3], pre.from_array(imgs[3]))
+    with pytest.raises(DataError, match="uint8"):
+        ArraySource(imgs.astype(np.float32))
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), imgs[i])
+    files = FileSource(paths, pre)
+    np.testing.assert_array_equal(files.get_batch([0, 2]), np.stack([pre(paths[0]), pre(paths[2])]))
+
+
+def _dataset(n: int = 20, k: int = 3, indices: list[int] | None = None) -> ImageDataset:
+    rng = np.random.default_rng(3)
+    imgs = rng.integers(0, 256, (n, 6, 5, 2), dtype=np.uint8)
+    targets = rng.random((n, k)).astype(np.float32)
+    return ImageDataset(ArraySource(imgs), targets, indices)
+
+
+def test_dataset_items_and_batches() -> None:
+    ds = _dataset(indices=[7, 3, 11])
+    assert len(ds) == 3
+    item = ds[1]
+    assert item["index"] == 3
+    assert item["image"].shape == (2, 6, 5) and item["image"].dtype == torch.uint8
+    np.testing.assert_array_equal(item["image"].numpy(), ds.source[3].transpose(2, 0, 1))
+    torch.testing.assert_close(item["target"], torch.from_numpy(ds.targets[3]))
+    batch = ds.__getitems__([2, 0])
+    assert batch["index"].tolist() == [11, 7]
+    assert batch["image"].shape == (2, 2, 6, 5)
+    assert torch.equal(batch["image"][0], ds[2]["image"])
+    labels = ImageDataset(ArraySource(np.zeros((4, 3, 3), np.uint8)), np.array([0, 2, 1, 1]))
+    assert labels[1]["target"].dtype == torch.long
+    no_targets = ImageDataset(ArraySource(np.zeros((4, 3, 3), np.uint8)), None)
+    assert no_targets.__getitems__([0, 1])["target"].shape == (2, 0)
+    with pytest.raises(DataError, match="targets"):
+        ImageDataset(ArraySource(np.zeros((4, 3, 3), np.uint8)), np.zeros(3))
+    with pytest.raises(DataError, match="out of range"):
+        ImageDataset(ArraySource(np.zeros((4, 3, 3), np.uint8)), None, [0, 4])
+
+
+def _order(loader: torch.utils.data.DataLoader) -> list[int]:
+    return [i for b in loader for i in b["index"].tolist()]
+
+
+def test_loader_batches_and_shuffle_determinism() -> None:
+    ds = _dataset(n=20)
+    loader = make_loader(ds, batch_size=6, shuffle=True, seed=5, workers=0)
+    batches = list(loader)
+    assert [len(b["index"]) for b in batches] == [6, 6, 6, 2]
+    b0 = batches[0]
+    assert b0["image"].dtype == torch.uint8 and b0["image"].shape == (6, 2, 6, 5)
+    assert b0["target"].shape == (6, 3) and b0["index"].dtype == torch.long
+    for j, i in enumerate(b0["index"].tolist()):
+        assert torch.equal(b0["image"][j], ds[i]["image"])
+    first = _order(make_loader(ds, 6, True, seed=5, workers=0))
+    assert sorted(first) == list(range(20))
+    assert first == _order(make_loader(ds, 6, True, seed=5, workers=0))
+    assert first != _order(make_loader(ds, 6, True, seed=6, workers=0))
+    assert _order(make_loader(ds, 6, False, seed=5, workers=0)) == list(range(20))
+    dropped = make_loader(ds, 6, True, seed=5, workers=0, drop_last=True)
+    assert len(list(dropped)) == 3
+
+
+def test_loader_with_a_worker_gives_the_same_order_and_pixels() -> None:
+    ds = _dataset(n=12)
+    a = list(make_loader(ds, 4, True, seed=9, workers=0))
+    b = list(make_loader(ds, 4, True, seed=9, workers=1))
+    assert [x["index"].tolist() for x in a] == [x["index"].tolist() for x in b]
+    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b, strict=True))
+
+
+def test_loader_rejects_bad_arguments() -> None:
+    with pytest.raises(UsageError, match="batch size"):
+        make_loader(_dataset(), 0, True)
+    with pytest.raises(UsageError, match="distributed"):
+        make_loader(_dataset(), 4, True, distributed=True)
+    assert 0 <= default_workers() <= 8
+
+
+def test_to_device_and_prefetcher_on_cpu() -> None:
+    ds = _dataset(n=8)
+    loader = make_loader(ds, 4, False, workers=0)
+    moved = [to_device(b, torch.device("cpu")) for b in loader]
+    fetched = list(CUDAPrefetcher(loader, "cpu"))
+    assert len(fetched) == 2
+    for m, f in zip(moved, fetched, strict=True):
+        assert torch.equal(m["image"], f["image"]) and torch.equal(m["index"], f["index"])
+    assert fetched[0]["image"].is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.gpu
+def test_prefetcher_on_cuda_matches_cpu() -> None:
+    ds = _dataset(n=8)
+    loader = make_loader(ds, 4, False, workers=0, device=torch.device("cuda"))
+    for b, c in zip(CUDAPrefetcher(loader, "cuda"), loader, strict=True):
+        assert b["image"].is_cuda
+        assert torch.equal(b["image"].cpu(), c["image"])
+
+
+@pytest.mark.gpu
+def test_batch_augment_gpu_matches_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medkit.data.augment import AugmentConfig, BatchAugment
+
+    # TF32 convolutions (the blur) round to 10-bit mantissas; parity is about the random parameters, not that.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cfg = AugmentConfig(hflip=0.5, affine_p=0.8, rotate=20, scale=(0.9, 1.1), brightness=0.2, blur_p=0.5, cutout=1)
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    aug = BatchAugment(cfg, size=28)
+    cpu = aug(x, torch.Generator().manual_seed(1))
+    gpu = aug(x.cuda(), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
+
+
+def test_profiler_summary() -> None:
+    prof = Profiler(enabled=True, skip=1)
+    data = [{"index": torch.arange(4)} for _ in range(5)]
+    for batch in prof.iter(data):
+        with prof.step(len(batch["index"])):
+            pass
+    s = prof.summary()
+    assert s["steps"] == 4
+    assert s["data_wait_ms"] >= 0 and s["step_ms"] >= 0
+    assert 0 <= s["wait_fraction"] <= 1
+    total = sum(prof.data_s[1:]) + sum(prof.step_s[1:])
+    assert s["img_per_s"] == pytest.approx(16 / total)
+    off = Profiler(enabled=False)
+    assert len(list(off.iter(data))) == 5 and off.data_s == []
+
+
+def test_distributed_loader_uses_a_seeded_distributed_sampler(tmp_path: Path) -> None:
+    import torch.distributed as dist
+    from torch.utils.data.distributed import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ds = _dataset(n=10)
+        loader = make_loader(ds, 5, True, seed=3, workers=0, distributed=True)
+        assert isinstance(loader.sampler, DistributedSampler)
+        epoch0 = _order(loader)
+        assert sorted(epoch0) == list(range(10))
+        assert epoch0 == _order(make_loader(ds, 5, True, seed=3, workers=0, distributed=True))
+        loader.sampler.set_epoch(1)  # the caller's job every epoch: a new order
+        assert _order(loader) != epoch0
+    finally:
+        dist.destroy_process_group()
