@@ -45,7 +45,10 @@ def main() -> None:
             fit, test = np.arange(n) < n // 2, np.arange(n) >= n // 2
             t_ours, cuts = timed(optimise_thresholds, y[fit], pred[fit], k, repeat=1)
             t_nm, cuts_nm = timed(rounder_nelder_mead, y[fit], pred[fit], k, repeat=1)
-            q = lambda c, m: quadratic_weighted_kappa(y[m], apply_thresholds(pred[m], c), k)  # noqa: E731
+
+            def q(c: np.ndarray, m: np.ndarray, y: np.ndarray = y, pred: np.ndarray = pred) -> float:
+                return quadratic_weighted_kappa(y[m], apply_thresholds(pred[m], c), k)
+
             rnd = np.arange(k - 1) + 0.5
             print(
                 f"n={n} seed={seed}: QWK fit/held-out  rounding {q(rnd, fit):.4f}/{q(rnd, test):.4f}  "
@@ -58,8 +61,10 @@ def main() -> None:
     s = np.round(0.3 * t + rng.random(t.shape), 3)
     t_sk, ref = timed(lambda: np.mean([roc_auc_score(t[:, j], s[:, j]) for j in range(14)]))
     t_mk, ours = timed(partial(auc_score, t, s))
-    print(f"sklearn {t_sk * 1e3:.0f} ms, medkit {t_mk * 1e3:.0f} ms, ratio sklearn/medkit x{t_sk / t_mk:.2f}, "
-          f"|diff| {abs(ref - ours):.1e}")
+    print(
+        f"sklearn {t_sk * 1e3:.0f} ms, medkit {t_mk * 1e3:.0f} ms, ratio sklearn/medkit x{t_sk / t_mk:.2f}, "
+        f"|diff| {abs(ref - ours):.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,8 +56,17 @@ def versions() -> dict[str, str]:
     import medkit
 
     out = {"python": sys.version.split()[0], "platform": platform.platform(), "medkit": medkit.__version__}
-    for dist in ("torch", "torchvision", "timm", "numpy", "pandas", "scikit-learn", "opencv-python-headless",
-                 "pydicom", "tifffile"):
+    for dist in (
+        "torch",
+        "torchvision",
+        "timm",
+        "numpy",
+        "pandas",
+        "scikit-learn",
+        "opencv-python-headless",
+        "pydicom",
+        "tifffile",
+    ):
         try:
             out[dist] = version(dist)
         except PackageNotFoundError:

@@ -119,7 +119,13 @@ def test_detect_spec_and_resolve_paths(tmp_path: Path) -> None:
     for name in ("a.png", "sub/b.dcm"):
         (tmp_path / "imgs" / name).write_bytes(b"x")
     df = pd.DataFrame(
-        {"Image Index": ["a.png", "b"], "Patient ID": [1, 2], "Patient Age": [50, 60], "Effusion": [0, 1], "fold": [0, 1]}
+        {
+            "Image Index": ["a.png", "b"],
+            "Patient ID": [1, 2],
+            "Patient Age": [50, 60],
+            "Effusion": [0, 1],
+            "fold": [0, 1],
+        }
     )
     spec = tb.detect_spec(df)
     assert spec.image == "Image Index" and spec.group == "Patient ID" and spec.fold == "fold"
@@ -156,8 +162,9 @@ def test_ranzcr_and_panda_converters() -> None:
     spec = tb.detect_spec(conv)
     assert spec.image == "image" and spec.group == "patient_id" and len(spec.labels) == 11
     assert set(spec.label_groups) == {"ETT", "NGT", "CVC", "SwanGanz"}
-    panda = tb.from_panda(pd.DataFrame({"image_id": ["s1"], "data_provider": ["karolinska"], "isup_grade": [3],
-                                        "gleason_score": ["3+4"]}))
+    panda = tb.from_panda(
+        pd.DataFrame({"image_id": ["s1"], "data_provider": ["karolinska"], "isup_grade": [3], "gleason_score": ["3+4"]})
+    )
     assert tb.detect_spec(panda).labels == ("isup_grade",)
 
 

@@ -183,9 +183,7 @@ def test_plugins_can_be_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_project_registries_have_the_documented_kinds() -> None:
     from medkit.registries import ALL, by_kind
 
-    assert list(ALL) == [
-        "models", "losses", "optimizers", "schedulers", "metrics", "tasks", "competitions", "readers"
-    ]
+    assert list(ALL) == ["models", "losses", "optimizers", "schedulers", "metrics", "tasks", "competitions", "readers"]
     assert by_kind("loss") is ALL["losses"]
     with pytest.raises(UnknownNameError, match="did you mean 'losses'"):
         by_kind("losess")

@@ -15,9 +15,12 @@ DeviceOpt = Annotated[
     str | None,
     typer.Option("--device", help=f"Compute device: {DEVICE_HELP}.", envvar="MEDKIT_DEVICE", show_default=False),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (runs are reproducible for a seed).", envvar="MEDKIT_SEED")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (runs are reproducible for a seed).", envvar="MEDKIT_SEED")
+]
 FoldOpt = Annotated[
-    str | None, typer.Option("--fold", help="Validation fold: an integer, or 'all' to train every fold.", envvar="MEDKIT_FOLD")
+    str | None,
+    typer.Option("--fold", help="Validation fold: an integer, or 'all' to train every fold.", envvar="MEDKIT_FOLD"),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output path (file or folder).", envvar="MEDKIT_OUT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
@@ -25,7 +28,9 @@ WorkersOpt = Annotated[
     int | None,
     typer.Option("--workers", "-j", help="Worker processes (default: every core).", envvar="MEDKIT_WORKERS", min=0),
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")
+]
 
 
 def device_spec(local: str | None) -> str:

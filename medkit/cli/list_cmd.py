@@ -30,7 +30,9 @@ def list_entries(
     from medkit.registries import ALL, by_kind
 
     if kind is None:
-        rows = [{"kind": k, "count": len(reg), "prefixes": [p.prefix + "/" for p in reg.prefixes]} for k, reg in ALL.items()]
+        rows = [
+            {"kind": k, "count": len(reg), "prefixes": [p.prefix + "/" for p in reg.prefixes]} for k, reg in ALL.items()
+        ]
         if json_out:
             print_json(rows)
             return
@@ -48,7 +50,10 @@ def list_entries(
     entries = reg.entries(pattern)
     if json_out:
         print_json(
-            [{"name": e.name, "description": e.description, "flags": dict(e.flags), "source": e.source} for e in entries]
+            [
+                {"name": e.name, "description": e.description, "flags": dict(e.flags), "source": e.source}
+                for e in entries
+            ]
         )
         return
     from rich.table import Table

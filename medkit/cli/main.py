@@ -97,10 +97,16 @@ def main(
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option("--config", help="TOML file with defaults (flag > MEDKIT_* env > config > default).",
-                     envvar="MEDKIT_CONFIG", dir_okay=False),
+        typer.Option(
+            "--config",
+            help="TOML file with defaults (flag > MEDKIT_* env > config > default).",
+            envvar="MEDKIT_CONFIG",
+            dir_okay=False,
+        ),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")
+    ] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More detail (repeat for more).")] = 0,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
@@ -158,7 +164,9 @@ def _command_defaults(ctx: typer.Context, path: Path, data: dict[str, Any]) -> d
             if key not in names:
                 close = difflib.get_close_matches(key, list(names), n=1)
                 guess = f" (did you mean '{close[0]}'?)" if close else ""
-                raise ConfigError(f"{path}: unknown option '{key}' in [{section}]{guess}", hint=f"see `medkit {section} --help`")
+                raise ConfigError(
+                    f"{path}: unknown option '{key}' in [{section}]{guess}", hint=f"see `medkit {section} --help`"
+                )
             mapped[names[key]] = value
         out[section] = mapped
     return out

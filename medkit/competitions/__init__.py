@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from medkit.registries import COMPETITIONS
 from medkit.data.table import RANZCR_LABELS, RSNA_SUBTYPES
+from medkit.registries import COMPETITIONS
 
 __all__ = ["Competition"]
 

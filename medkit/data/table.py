@@ -41,24 +41,72 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".npz", ".dcm", ".dicom", ".bmp", ".webp",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
+    ".npy",
+    ".npz",
+    ".dcm",
+    ".dicom",
+    ".bmp",
+    ".webp",
 )
 
-ID_CANDIDATES = ("image", "path", "filepath", "file", "filename", "image_id", "image_path", "Image Index", "ImageId",
-                 "StudyInstanceUID", "SOPInstanceUID", "ID", "Id", "id", "slide_id", "name")
+ID_CANDIDATES = (
+    "image",
+    "path",
+    "filepath",
+    "file",
+    "filename",
+    "image_id",
+    "image_path",
+    "Image Index",
+    "ImageId",
+    "StudyInstanceUID",
+    "SOPInstanceUID",
+    "ID",
+    "Id",
+    "id",
+    "slide_id",
+    "name",
+)
 GROUP_CANDIDATES = ("patient_id", "PatientID", "Patient ID", "patient", "subject_id", "subject", "case_id")
 SERIES_CANDIDATES = ("series_id", "SeriesInstanceUID", "series")
 ORDER_CANDIDATES = ("slice_index", "InstanceNumber", "slice", "z", "position_z")
 FOLD_CANDIDATES = ("fold", "kfold", "Fold")
 SPLIT_CANDIDATES = ("split", "subset", "set")
-NON_LABEL_HINTS = {"age", "patient age", "follow_up", "follow-up #", "followup", "width", "height", "x", "y",
-                   "originalimage[width", "height]", "originalimagepixelspacing[x", "y]", "view", "sex"}
+NON_LABEL_HINTS = {
+    "age",
+    "patient age",
+    "follow_up",
+    "follow-up #",
+    "followup",
+    "width",
+    "height",
+    "x",
+    "y",
+    "originalimage[width",
+    "height]",
+    "originalimagepixelspacing[x",
+    "y]",
+    "view",
+    "sex",
+}
 
 RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
 RANZCR_LABELS = (
-    "ETT - Abnormal", "ETT - Borderline", "ETT - Normal",
-    "NGT - Abnormal", "NGT - Borderline", "NGT - Incompletely Imaged", "NGT - Normal",
-    "CVC - Abnormal", "CVC - Borderline", "CVC - Normal",
+    "ETT - Abnormal",
+    "ETT - Borderline",
+    "ETT - Normal",
+    "NGT - Abnormal",
+    "NGT - Borderline",
+    "NGT - Incompletely Imaged",
+    "NGT - Normal",
+    "CVC - Abnormal",
+    "CVC - Borderline",
+    "CVC - Normal",
     "Swan Ganz Catheter Present",
 )
 RANZCR_GROUPS: dict[str, tuple[str, ...]] = {
@@ -188,7 +236,8 @@ def detect_spec(
         labels = [s.strip() for s in labels.split(",") if s.strip()]
     if labels is None or labels == "auto":
         label_cols = tuple(
-            c for c in cols
+            c
+            for c in cols
             if c not in taken and c.lower() not in NON_LABEL_HINTS and pd.api.types.is_numeric_dtype(df[c])
         )
     else:
@@ -254,7 +303,8 @@ def resolve_paths(df: Any, root: str | os.PathLike[str], image_col: str, strict:
     if strict and missing:
         examples = ", ".join(missing[:5])
         raise DataError(
-            f"{len(missing)} of {len(values)} rows of column '{image_col}' match no file under {root} (e.g. {examples})",
+            f"{len(missing)} of {len(values)} rows of column '{image_col}' match no file under {root} "
+            f"(e.g. {examples})",
             hint="check --data, or run `medkit audit` to list missing files",
         )
     return paths
