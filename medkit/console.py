@@ -60,13 +60,13 @@ def verbosity() -> int:
 def info(message: str) -> None:
     """An informational line on stderr, hidden by ``--quiet``."""
     if not _state["quiet"]:
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 def debug(message: str) -> None:
     """A detail shown only with ``--verbose``."""
     if _state["verbose"] > 0 and not _state["quiet"]:
-        console.print(f"[dim]{message}[/dim]")
+        console.print(f"[dim]{message}[/dim]", soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -181,7 +181,8 @@ class Progress:
             self._rich.update(self._task, advance=advance, extra=extra)
         else:
             now = time.perf_counter()
-            if now - self._last_line >= self.interval:
+            # The last step is printed once, by __exit__ ("... done").
+            if now - self._last_line >= self.interval and self.completed != self.total:
                 self._plain_line()
 
     def _plain_line(self, final: bool = False) -> None:

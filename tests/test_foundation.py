@@ -26,8 +26,8 @@ def test_progress_plain_lines_when_not_a_terminal(monkeypatch: pytest.MonkeyPatc
         for _ in range(4):
             bar.update(1, loss=0.5)
     lines = buf.getvalue().strip().splitlines()
-    # one plain line per update (interval 0) plus the final one; no control characters
-    assert len(lines) == 5
+    # one plain line per update (interval 0), the last one marked done; no control characters
+    assert len(lines) == 4
     assert lines[0].startswith("audit: 1/4 (25%) loss=0.5 img/s=")
     assert lines[-1].startswith("audit: 4/4 (100%)") and lines[-1].endswith("done")
     assert "\x1b" not in buf.getvalue() and "\r" not in buf.getvalue()

@@ -250,6 +250,14 @@ def train(
     if no_augment:
         overrides["augment"] = {}
     preset = TASKS.create(task, **overrides)
+    if img_size is None and data.suffix.lower() == ".npz":
+        from medkit.engine.data import medmnist_image_size
+
+        native = medmnist_image_size(data)
+        if native and native != preset.img_size:
+            # upsampling 28 px MedMNIST images to a 224 px preset costs 64x the compute and adds no detail
+            info(f"--img-size not given: using the {native} px images of {data.name} as they are")
+            preset = preset.with_(img_size=native)
     if windows and in_chans is None:
         preset = preset.with_(in_chans=len(preset.windows))
     if fold is not None and fold != "all":

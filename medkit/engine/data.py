@@ -20,7 +20,7 @@ import numpy as np
 
 from medkit.errors import DataError, UsageError
 
-__all__ = ["Split", "TrainData", "EpochBatches", "build_data", "make_batches_loader"]
+__all__ = ["Split", "TrainData", "EpochBatches", "build_data", "make_batches_loader", "medmnist_image_size"]
 
 
 @dataclass
@@ -176,12 +176,16 @@ class EpochBatches:
 
 
 def make_batches_loader(split: Split, batches: EpochBatches, workers: int = 0, device: Any = None) -> Any:
-    """A DataLoader over `medkit.data.loader.ImageDataset` whose batches follow ``batches``.
+    """A DataLoader over `medkit.data.loader.ImageDataset` whose batches follow ``batches``; build it once per run.
 
     Each batch is read with one ``source.get_batch`` call (``ImageDataset.__getitems__``); ``index`` is the row
-    in the full source (what ELR and the OOF table need; `Split.positions` maps it back). The loader gets its own
-    fixed generator: DataLoader draws a base seed for its workers on every ``iter()``, and drawing it from the
-    global RNG would shift every later random number and break exact resume.
+    in the full source (what ELR and the OOF table need; `Split.positions` maps it back). Every ``iter()`` of the
+    loader asks ``batches`` for its order afresh, so calling ``batches.set_epoch(e, skip)`` before iterating is
+    all a new epoch needs, and with ``workers > 0`` the worker processes persist across epochs instead of being
+    started again (seconds per epoch with large datasets or spawn start-up). The loader gets its own fixed
+    generator: DataLoader draws a base seed for its workers on every ``iter()``, and drawing it from the global
+    RNG would shift every later random number and break exact resume; the workers only decode (no randomness),
+    so the batches do not depend on that seed.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -190,7 +194,7 @@ def make_batches_loader(split: Split, batches: EpochBatches, workers: int = 0, d
     from medkit.device import seed_worker
 
     g = torch.Generator()
-    g.manual_seed(batches.seed + 7919 * batches.epoch)
+    g.manual_seed(batches.seed)
     pin = getattr(device, "type", None) == "cuda"
     return DataLoader(
         ImageDataset(split.source, split.all_targets, split.rows),
@@ -199,6 +203,7 @@ def make_batches_loader(split: Split, batches: EpochBatches, workers: int = 0, d
         num_workers=workers,
         pin_memory=pin,
         prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=workers > 0,
         worker_init_fn=seed_worker,
         generator=g,
     )
@@ -228,6 +233,28 @@ def _split_targets(values: np.ndarray, target: str, name: str) -> np.ndarray:
     if np.isnan(v).any():
         raise DataError(f"{name}: label columns have missing values", hint="fill or drop those rows")
     return v
+
+
+def medmnist_image_size(path: str | os.PathLike[str]) -> int | None:
+    """Side of the square images in a MedMNIST .npz (28, 64, 128 or 224), read from the array header only.
+
+    Returns None when the file holds no ``train_images`` member or its images are not square 2-D images (the
+    full read in `build_data` then reports what is wrong).
+    """
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open("train_images.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            shape, _, _ = read_header(fh)  # the header only: no image is read
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if len(shape) not in (3, 4) or shape[1] != shape[2]:
+        return None
+    return int(shape[1])
 
 
 def _medmnist(task: Any, path: Path) -> TrainData:

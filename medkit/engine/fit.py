@@ -226,9 +226,16 @@ def _make_optimizer(
     return OPTIMIZERS.create(name, model, lr=lr, weight_decay=weight_decay, total_steps=total_steps, **extra)
 
 
-def _make_schedule(name: str, optimizer: Any, epochs: int, steps_per_epoch: int, extra: dict[str, Any]) -> Any:
+def _make_schedule(
+    name: str, optimizer: Any, epochs: int, steps_per_epoch: int, extra: dict[str, Any], greater: bool = True
+) -> Any:
     from medkit.registries import SCHEDULERS
 
+    extra = dict(extra)
+    if SCHEDULERS.get(name).flags.get("needs_metric"):
+        # the schedule watches the task metric, so its direction is the metric's (a log loss must fall);
+        # an explicit --scheduler-arg mode=... still wins
+        extra.setdefault("mode", "max" if greater else "min")
     return SCHEDULERS.create(name, optimizer, epochs=max(1, epochs), steps_per_epoch=max(1, steps_per_epoch), **extra)
 
 
@@ -354,7 +361,9 @@ def fit(cfg: TrainConfig) -> FitResult:
             opt = _make_optimizer(
                 task.optimizer, model, task.lr, task.weight_decay, stage1_epochs * steps_per_epoch, cfg.optimizer_kwargs
             )
-            return opt, _make_schedule(task.scheduler, opt, stage1_epochs, steps_per_epoch, cfg.scheduler_kwargs)
+            return opt, _make_schedule(
+                task.scheduler, opt, stage1_epochs, steps_per_epoch, cfg.scheduler_kwargs, greater
+            )
         opt = _make_optimizer(
             cfg.stage2_optimizer,
             model,
@@ -363,7 +372,7 @@ def fit(cfg: TrainConfig) -> FitResult:
             stage2_epochs * steps_per_epoch,
             cfg.optimizer_kwargs,
         )
-        return opt, _make_schedule(task.scheduler, opt, stage2_epochs, steps_per_epoch, cfg.scheduler_kwargs)
+        return opt, _make_schedule(task.scheduler, opt, stage2_epochs, steps_per_epoch, cfg.scheduler_kwargs, greater)
 
     aug_gen = torch.Generator()
     aug_gen.manual_seed(cfg.seed + 1_000_003 * info.rank)
@@ -512,6 +521,10 @@ def fit(cfg: TrainConfig) -> FitResult:
         from medkit.data.loader import Profiler
 
         profiler = Profiler(enabled=True, device=device)
+    # one loader each for the whole run: EpochBatches decides every epoch's order when the loader is iterated
+    train_loader = make_batches_loader(data.train, train_batches, cfg.workers, device)
+    val_batches.set_epoch(0)
+    val_loader = make_batches_loader(data.val, val_batches, cfg.workers, device)
     try:
         while epoch < epochs:
             if stage == 1 and stage2_epochs and epoch >= stage1_epochs:
@@ -520,7 +533,6 @@ def fit(cfg: TrainConfig) -> FitResult:
                 ctx.optimizer, ctx.schedule = optimizer, schedule
                 _log(info, f"stage 2: {cfg.stage2_optimizer} for the last {stage2_epochs} epoch(s)")
             train_batches.set_epoch(epoch, step_in_epoch)
-            loader = make_batches_loader(data.train, train_batches, cfg.workers, device)
             bar_total = sum(len(b) for b in train_batches.batches()) if not cfg.dry_run else None
             bar_cm = (
                 Progress(total=bar_total, description=f"epoch {epoch + 1}/{epochs}", unit="img")
@@ -532,15 +544,14 @@ def fit(cfg: TrainConfig) -> FitResult:
                     bar.update(epoch_state.seen, loss=epoch_state.loss)
                 t0 = time.perf_counter()
                 epoch_state = train_one_epoch(
-                    train_model, loader, ctx, epoch_state, on_step, cfg.dry_run, bar, profiler
+                    train_model, train_loader, ctx, epoch_state, on_step, cfg.dry_run, bar, profiler
                 )
                 if stopped == "max_steps":
                     break
                 eval_model = ema.module if ema is not None else model
-                val_batches.set_epoch(0)
                 res = evaluate(
                     eval_model,
-                    make_batches_loader(data.val, val_batches, cfg.workers, device),
+                    val_loader,
                     device=device,
                     target=data.target,
                     loss_fn=loss_fn if not loss_extra else None,

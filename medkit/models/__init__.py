@@ -26,6 +26,7 @@ from medkit.registries import MODELS
 
 __all__ = [
     "CURATED",
+    "CIFAR_RESNETS",
     "BASELINES",
     "MedkitClassifier",
     "GroupHeads",
@@ -50,6 +51,18 @@ CURATED: dict[str, tuple[str, str, int, str]] = {
     "efficientnet_b2": ("efficientnet_b2", "efficientnet", 256, "EfficientNet-B2: mid-size EfficientNet"),
     "efficientnet_b5": ("efficientnet_b5", "efficientnet", 448, "EfficientNet-B5: large EfficientNet"),
     "xception": ("legacy_xception", "xception", 299, "Xception (original Chollet architecture, timm legacy_xception)"),
+}
+
+# registry name -> (timm architecture, description): timm ResNets with the CIFAR-style stem of MedMNIST v2
+CIFAR_RESNETS: dict[str, tuple[str, str]] = {
+    "resnet18_cifar": (
+        "resnet18",
+        "ResNet-18 (28) of the MedMNIST v2 benchmark: 3x3 stride-1 stem, no max-pool, for 28-64 px images",
+    ),
+    "resnet50_cifar": (
+        "resnet50",
+        "ResNet-50 (28) of the MedMNIST v2 benchmark: 3x3 stride-1 stem, no max-pool, for 28-64 px images",
+    ),
 }
 
 # registry name -> (class name in medkit.models._baselines, description)
@@ -94,6 +107,19 @@ def _timm_factory(registry_name: str, timm_name: str, description: str) -> Calla
     return factory
 
 
+def _cifar_factory(registry_name: str, timm_name: str, description: str) -> Callable[..., Any]:
+    def factory(*, num_classes: int, in_chans: int = 3, pretrained: bool = False, **kw: Any) -> Any:
+        from medkit.models._build import build_cifar_resnet
+
+        return build_cifar_resnet(
+            registry_name, timm_name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kw
+        )
+
+    factory.__name__ = registry_name
+    factory.__doc__ = description
+    return factory
+
+
 def _baseline_factory(registry_name: str, class_name: str, description: str) -> Callable[..., Any]:
     def factory(*, num_classes: int, in_chans: int = 3, pretrained: bool = False, **kw: Any) -> Any:
         from medkit.models._build import build_baseline_classifier
@@ -114,6 +140,17 @@ for _name, (_timm_name, _family, _size, _desc) in CURATED.items():
         description=_desc,
         family=_family,
         img_size=_size,
+        timm=_timm_name,
+        pretrained=True,
+    )
+
+for _name, (_timm_name, _desc) in CIFAR_RESNETS.items():
+    MODELS.register(
+        _name,
+        _cifar_factory(_name, _timm_name, _desc),
+        description=_desc,
+        family="resnet",
+        img_size=28,
         timm=_timm_name,
         pretrained=True,
     )

@@ -22,6 +22,7 @@ __all__ = [
     "OrdinalHead",
     "build_head",
     "build_timm_classifier",
+    "build_cifar_resnet",
     "build_baseline_classifier",
     "load_weights",
     "ordinal_decode",
@@ -326,6 +327,58 @@ def build_timm_classifier(
             "create_kwargs": create_kwargs,
         },
     )
+    if weights:
+        load_weights(model, weights)
+    return model
+
+
+def build_cifar_resnet(
+    name: str,
+    timm_name: str,
+    *,
+    num_classes: int,
+    in_chans: int = 3,
+    pretrained: bool = False,
+    weights: str | os.PathLike[str] | None = None,
+    **kw: Any,
+) -> MedkitClassifier:
+    """A timm ResNet with a CIFAR-style stem (3x3 stride-1 conv, no max-pool) for 28-64 px images.
+
+    This is the ResNet of the MedMNIST v2 benchmark (Yang et al., Sci Data 2023, "ResNet-18 (28)"): timm's
+    ImageNet stem (7x7 stride-2 conv + stride-2 max-pool) shrinks a 28 px image to 7 px before the first stage,
+    while this stem keeps 28 px there, so the four stages see 28, 14, 7 and 4 px. The stages, pooling and the
+    medkit head are timm's and medkit's as for the other curated models.
+
+    Args:
+        name: Registry name.
+        timm_name: timm ResNet architecture (``resnet18``, ``resnet50``).
+        num_classes: Number of classes.
+        in_chans: Input channels of the new stem.
+        pretrained: Load timm's ImageNet weights into the stages; the stem is always new (its 7x7 kernel does not
+            fit a 3x3 one), so this is a partial transfer.
+        weights: Local state dict loaded after construction (a state dict of this model loads fully).
+        **kw: As `build_timm_classifier` (``heads``, ``head``, ``drop_rate``, ``drop_path_rate``, ...).
+
+    Returns:
+        The model; ``medkit_info["stem"]`` is ``"cifar"``.
+
+    Raises:
+        UsageError: For invalid sizes or options, or a timm architecture without ``conv1``/``maxpool``.
+    """
+    # the paper's ResNet does not zero the last batch-norm of each block (timm does by default)
+    kw.setdefault("zero_init_last", False)
+    model = build_timm_classifier(
+        name, timm_name, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kw
+    )
+    backbone = model.backbone
+    if not isinstance(getattr(backbone, "conv1", None), nn.Conv2d) or not hasattr(backbone, "maxpool"):
+        raise UsageError(f"model '{name}': timm '{timm_name}' has no conv1/maxpool stem to replace")
+    width = backbone.conv1.out_channels
+    # a fresh conv with PyTorch's default init: no pretrained 3x3 kernel exists to start from
+    backbone.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    backbone.maxpool = nn.Identity()
+    model.medkit_info["stem"] = "cifar"
+    model.medkit_info["weights"] = str(weights) if weights else None
     if weights:
         load_weights(model, weights)
     return model
