@@ -115,9 +115,17 @@ class Progress:
         description: Text before the bar.
         unit: Unit name for the rate (``"img"`` shows img/s).
         interval: Seconds between plain lines when stderr is not a terminal.
+        enabled: False draws nothing at all (for DDP ranks other than 0, or callers that asked for silence).
     """
 
-    def __init__(self, total: int | None = None, description: str = "", unit: str = "it", interval: float = 10.0):
+    def __init__(
+        self,
+        total: int | None = None,
+        description: str = "",
+        unit: str = "it",
+        interval: float = 10.0,
+        enabled: bool = True,
+    ):
         self.total = total
         self.description = description
         self.unit = unit
@@ -128,7 +136,7 @@ class Progress:
         self._last_line = 0.0
         self._rich: Any = None
         self._task: Any = None
-        self._enabled = not _state["quiet"]
+        self._enabled = enabled and not _state["quiet"]
         self._tty = console.is_terminal and os.environ.get("MEDKIT_PLAIN_PROGRESS", "") == ""
 
     def __enter__(self) -> Progress:

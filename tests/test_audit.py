@@ -396,6 +396,72 @@ def test_pool_matches_in_process(dataset: dict, report: A.AuditReport) -> None:
     assert np.array_equal(pooled.cluster, report.cluster)
 
 
+@pytest.mark.parametrize(
+    "dtype",
+    [np.uint8, np.uint16, np.bool_, np.float32, np.int16],
+)
+def test_level_stats_match_plain_numpy(dtype: type) -> None:
+    from medkit.data._audit_scan import _level_stats
+
+    rng = np.random.default_rng(3)
+    if dtype is np.bool_:
+        x = rng.random((37, 41)) < 0.3
+    elif dtype is np.float32:
+        x = rng.normal(5.0, 2.0, (37, 41)).astype(np.float32)
+    elif dtype is np.int16:
+        x = rng.integers(-1000, 1500, (37, 41)).astype(np.int16)
+    else:
+        x = rng.integers(3, 200 if dtype is np.uint8 else 4000, (37, 41)).astype(dtype)
+    s = _level_stats(x)
+    v = x.astype(np.float64).ravel()
+    assert s["min"] == v.min() and s["max"] == v.max()  # exact whatever the binning
+    if dtype in (np.uint8, np.uint16, np.bool_):  # exact histogram: statistics equal the plain ones
+        assert s["p01"] == np.percentile(v, 1, method="inverted_cdf")
+        assert s["p99"] == np.percentile(v, 99, method="inverted_cdf")
+        assert s["mean"] == pytest.approx(v.mean(), rel=1e-12)
+        assert s["std"] == pytest.approx(v.std(), rel=1e-12)
+        assert s["mode_frac"] == np.unique(v, return_counts=True)[1].max() / v.size
+    else:  # 4096 levels between min and max: within one level
+        step = (v.max() - v.min()) / 4095
+        assert abs(s["p99"] - np.percentile(v, 99, method="inverted_cdf")) <= step
+        assert s["mean"] == pytest.approx(v.mean(), abs=step)
+    # Entropy over 256 bins spanning the image's own range, by a plain loop over the values.
+    span = v.max() - v.min()
+    levels = np.floor((v - v.min()) / (span / 4095)) if dtype in (np.float32, np.int16) else v - v.min()
+    top = levels.max() + 1
+    bins = (levels * 256 // top).astype(int) if top > 256 else levels.astype(int)
+    p = np.bincount(bins) / v.size
+    p = p[p > 0]
+    assert s["entropy"] == pytest.approx(-(p * np.log2(p)).sum(), abs=0.05 if dtype is np.float32 else 1e-9)
+
+
+def test_summary_of_a_png_or_jpeg_equals_the_reader_path(tmp_path: Path) -> None:
+    """The worker decodes PNG/JPEG itself; its summary must be the one of what `read_image` returns."""
+    from medkit.data._audit_scan import summarize_array, summarize_file
+    from medkit.data.readers import read_image
+
+    g = natural(11, (40, 56))
+    images = {
+        "grey.png": g,
+        "colour.png": np.dstack([g, 255 - g, g // 2]),
+        "colour_alpha.png": np.dstack([g, 255 - g, g // 2, g]),
+        "grey16.png": g.astype(np.uint16) * 16,
+        "colour.jpg": np.dstack([g, 255 - g, g // 2]),
+    }
+    for name, img in images.items():
+        cv2.imwrite(str(tmp_path / name), img)
+    (tmp_path / "tiff_inside.png").write_bytes(cv2.imencode(".tiff", g)[1].tobytes())
+    (tmp_path / "cut.png").write_bytes((tmp_path / "grey.png").read_bytes()[:60])
+    for name in [*images, "tiff_inside.png"]:
+        rec = summarize_file(str(tmp_path / name))
+        assert rec["ok"], name
+        want = summarize_array(read_image(tmp_path / name))
+        assert {k: rec[k] for k in want} == want, name
+    assert summarize_file(str(tmp_path / "colour.png"))["eff_channels"] == 3
+    cut = summarize_file(str(tmp_path / "cut.png"))
+    assert not cut["ok"] and "cut.png" in cut["error"] and "truncated" in cut["error"]
+
+
 # ---------------------------------------------------------------------------------------------- hashing
 
 

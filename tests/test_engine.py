@@ -250,3 +250,54 @@ def test_gather_eval_dedups_padded_rows_and_maps_positions() -> None:
     out = _gather_eval(res, DistInfo(), split)
     assert out["index"].tolist() == [0, 1, 2]
     assert out["probs"][:, 0].tolist() == [0.1, 0.2, 0.3]
+
+
+# ---------------------------------------------------------------------------------------------------- schedule, loader
+def test_plateau_follows_the_direction_of_the_metric() -> None:
+    from medkit.engine.fit import _make_schedule
+
+    def lr_after(metrics: list[float], greater: bool, extra: dict | None = None) -> float:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = _make_schedule("plateau", opt, 5, 2, {"patience": 0, "factor": 0.5, **(extra or {})}, greater)
+        for m in metrics:
+            sched.step_epoch(m)
+        return opt.param_groups[0]["lr"]
+
+    falling = [0.9, 0.7, 0.5]  # a log loss getting better every epoch
+    assert lr_after(falling, greater=False) == 1.0  # mode "min": improving, the rate stays
+    assert lr_after(falling, greater=True) == 0.25  # mode "max" would halve it twice
+    assert lr_after(falling, greater=False, extra={"mode": "max"}) == 0.25  # an explicit mode wins
+    assert lr_after([0.5, 0.7, 0.9], greater=True) == 1.0
+    # a schedule that watches no metric takes no mode
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    _make_schedule("cosine", opt, 3, 2, {}, greater=False)
+
+
+def test_one_loader_with_persistent_workers_follows_set_epoch_and_skip() -> None:
+    from medkit.data.pipeline import ArraySource
+    from medkit.engine.data import Split, make_batches_loader
+
+    images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
+    split = Split(ArraySource(images), np.arange(10), np.zeros((10, 1), np.float32), [str(i) for i in range(10)])
+
+    def run(workers: int) -> list[list[int]]:
+        batches = EpochBatches(10, 4, True, seed=3)
+        loader = make_batches_loader(split, batches, workers)
+        assert loader.persistent_workers == (workers > 0)
+        seen = []
+        for epoch, skip in [(0, 0), (1, 0), (1, 2), (2, 1)]:
+            batches.set_epoch(epoch, skip)
+            want = [b.tolist() for b in batches]
+            got = []
+            for b in loader:
+                got.append(b["index"].tolist())
+                assert torch.equal(b["image"][:, 0], torch.from_numpy(images[b["index"].numpy()]))
+            assert got == want
+            seen.append(got)
+        if workers:
+            first = loader._iterator
+            iter(loader)
+            assert loader._iterator is first  # the same worker processes, not new ones per epoch
+        return seen
+
+    assert run(1) == run(0)

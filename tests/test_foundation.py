@@ -187,3 +187,15 @@ def test_atomic_write_gives_normal_permissions(tmp_path: Path) -> None:
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_disabled_progress_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rich.console import Console
+
+    buf = io.StringIO()
+    monkeypatch.setattr(con, "console", Console(file=buf, force_terminal=False))
+    con.set_verbosity(quiet=False)
+    with con.Progress(total=2, description="rank1", interval=0.0, enabled=False) as bar:
+        bar.update(2)
+    assert bar.completed == 2
+    assert buf.getvalue() == ""

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from medkit.cli.main import app
 from medkit.errors import DataError, OfflineError, UnknownNameError, UsageError
-from medkit.models import BASELINES, CURATED, ordinal_decode
+from medkit.models import BASELINES, CIFAR_RESNETS, CURATED, ordinal_decode
 from medkit.registries import MODELS
 
 torch.set_num_threads(1)  # the test machine is shared; tiny models gain nothing from more threads
@@ -41,13 +41,73 @@ def test_curated_models_give_logits_for_1_and_4_channels(name: str, in_chans: in
 
 def test_every_entry_is_listed_with_family_and_image_size() -> None:
     names = set(MODELS.names(include_prefixed=False))
-    assert names == set(CURATED) | set(BASELINES)
+    assert names == set(CURATED) | set(BASELINES) | set(CIFAR_RESNETS)
     for name in names:
         entry = MODELS.get(name)
         assert entry.description
-        assert entry.flags["family"] and entry.flags["img_size"] >= 64
+        assert entry.flags["family"] and entry.flags["img_size"] >= (28 if name in CIFAR_RESNETS else 64)
     assert MODELS.get("inception_v3").flags["img_size"] == 299
     assert MODELS.get("xception").flags["timm"] == "legacy_xception"
+
+
+def _stage_sizes(model: torch.nn.Module, side: int, in_chans: int) -> dict[str, tuple[int, int]]:
+    """Spatial size of the output of the stem and of every ResNet stage for one input image."""
+    sizes: dict[str, tuple[int, int]] = {}
+    backbone = model.backbone
+    hooks = [
+        getattr(backbone, name).register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, tuple(out.shape[-2:]))
+        )
+        for name in ("act1", "layer1", "layer2", "layer3", "layer4")
+    ]
+    _forward(model, torch.randn(1, in_chans, side, side))
+    for h in hooks:
+        h.remove()
+    return sizes
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_resnet18_cifar_has_the_medmnist_stem_and_timm_stages(in_chans: int) -> None:
+    import timm
+
+    model = MODELS.create("resnet18_cifar", num_classes=2, in_chans=in_chans)
+    conv1 = model.backbone.conv1
+    assert (conv1.in_channels, conv1.kernel_size, conv1.stride, conv1.padding) == (in_chans, (3, 3), (1, 1), (1, 1))
+    assert isinstance(model.backbone.maxpool, torch.nn.Identity)
+    # the paper's ResNet-18 (28): the stages see 28, 14, 7, 4 px; timm's ImageNet stem gives 7, 4, 2, 1
+    assert _stage_sizes(model, 28, in_chans) == {
+        "act1": (28, 28),
+        "layer1": (28, 28),
+        "layer2": (14, 14),
+        "layer3": (7, 7),
+        "layer4": (4, 4),
+    }
+    imagenet = MODELS.create("resnet18", num_classes=2, in_chans=in_chans)
+    assert _stage_sizes(imagenet, 28, in_chans)["layer1"] == (7, 7)
+    # everything after the stem is timm's resnet18: same parameter names and shapes
+    ref = timm.create_model("resnet18", num_classes=0, in_chans=in_chans).state_dict()
+    own = {k.removeprefix("backbone."): v.shape for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    assert own.keys() == ref.keys()
+    assert {k for k in own if own[k] != ref[k].shape} == {"conv1.weight"}
+    # blocks start as in the paper's code (no zero-initialised last batch norm)
+    assert torch.equal(model.backbone.layer1[0].bn2.weight, torch.ones(64))
+    out = _forward(model, torch.randn(3, in_chans, 28, 28))
+    assert out.shape == (3, 2) and torch.isfinite(out).all()
+    assert model.medkit_info["stem"] == "cifar" and model.medkit_info["backbone"] == "resnet18"
+
+
+def test_resnet50_cifar_and_cifar_heads_weights_and_rebuild(tmp_path) -> None:  # noqa: ANN001
+    model = MODELS.create("resnet50_cifar", num_classes=6, in_chans=3, head="ordinal")
+    assert model.backbone.conv1.stride == (1, 1) and isinstance(model.backbone.maxpool, torch.nn.Identity)
+    assert _stage_sizes(model, 32, 3)["layer4"] == (4, 4)
+    assert _forward(model, torch.randn(2, 3, 32, 32)).shape == (2, 5)
+
+    small = MODELS.create("resnet18_cifar", num_classes=4, in_chans=1, heads={"a": 1, "b": 3})
+    path = tmp_path / "w.pth"
+    torch.save(small.state_dict(), path)
+    again = MODELS.create(small.medkit_info["name"], **small.medkit_info["create_kwargs"], weights=str(path))
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(_forward(small, x), _forward(again, x))  # the 3x3 stem loads too: nothing re-initialised
 
 
 @pytest.mark.parametrize("in_chans", [1, 3, 4])

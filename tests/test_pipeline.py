@@ -241,3 +241,128 @@ def test_distributed_loader_uses_a_seeded_distributed_sampler(tmp_path: Path) ->
         assert _order(loader) != epoch0
     finally:
         dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------------- DICOM windows
+def _ct_dicom(path: Path, hu: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CT"
+    ds.Rows, ds.Columns = hu.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.WindowCenter, ds.WindowWidth = 40, 80
+    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+WINDOWS = ("brain", "subdural", "soft_tissue", "dicom")
+
+
+@pytest.mark.parametrize("size", [40, 24])
+def test_dicom_windows_fast_path_equals_the_float_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    import medkit.data.dicom as dicom
+    from medkit.data.readers import read_image
+
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-1024, 2000, (40, 40)).astype(np.int16)
+    hu[:5] = np.arange(-20, 180, 1)[:40]  # every HU of the brain window's ramp, so rounding is exercised
+    path = _ct_dicom(tmp_path / "ct.dcm", hu)
+    calls: list[str] = []
+    real = dicom.dicom_windows
+
+    def spy(p, names, **kw):  # noqa: ANN001, ANN003, ANN202
+        calls.append(str(p))
+        return real(p, names, **kw)
+
+    monkeypatch.setattr(dicom, "dicom_windows", spy)
+    pre = Preprocess(size=size, windows=WINDOWS)
+    fast = pre(path)
+    assert calls == [str(path)]
+    import pydicom
+
+    # the path used before: float Hounsfield units, then multi_window, then resize
+    old = pre.from_array(read_image(path), ds=pydicom.dcmread(path, stop_before_pixels=True))
+    assert fast.shape == (size, size, 4) and fast.dtype == np.uint8
+    np.testing.assert_array_equal(fast, old)
+    brain = dicom.window(hu.astype(np.float32), 40, 80)
+    if size == 40:
+        np.testing.assert_array_equal(fast[..., 0], brain)  # no resize: the brain window itself
+
+
+def test_dicom_windows_monochrome1_are_windowed_before_the_inversion(tmp_path: Path) -> None:
+    import medkit.data.dicom as dicom
+
+    hu = np.linspace(-100, 200, 32 * 32).reshape(32, 32).astype(np.int16)
+    path = _ct_dicom(tmp_path / "m1.dcm", hu, photometric="MONOCHROME1")
+    out = Preprocess(size=32, windows=("brain", "subdural"))(path)
+    # what a viewer shows for MONOCHROME1: the window on the stored values, displayed inverted
+    for k, (c, w) in enumerate([(40, 80), (80, 200)]):
+        np.testing.assert_array_equal(out[..., k], 255 - dicom.window(hu.astype(np.float32), c, w))
+
+
+def test_windows_on_png_still_take_the_array_path(tmp_path: Path) -> None:
+    img = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    out = Preprocess(size=8, windows=((30.0, 20.0),))(tmp_path / "a.png")
+    from medkit.data.dicom import window
+
+    np.testing.assert_array_equal(out[..., 0], window(img.astype(np.float32), 30.0, 20.0))
+
+
+# ---------------------------------------------------------------------------------------------------- image + mask
+def test_mask_becomes_the_last_channel_resized_by_nearest(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (30, 30, 3), dtype=np.uint8)
+    labels = np.repeat(np.repeat(rng.integers(0, 6, (6, 6), dtype=np.uint8), 5, 0), 5, 1)
+    cv2.imwrite(str(tmp_path / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "b.png"), img)
+    rgb_mask = np.stack([labels, np.zeros_like(labels), np.zeros_like(labels)], -1)  # PANDA: label in red
+    cv2.imwrite(str(tmp_path / "a_mask.png"), cv2.cvtColor(rgb_mask, cv2.COLOR_RGB2BGR))
+    pre = Preprocess(size=20, channels=3, masks={str(tmp_path / "a.png"): str(tmp_path / "a_mask.png")})
+    plain = Preprocess(size=20, channels=3)
+    assert pre.out_shape == (20, 20, 4) and pre.image_channels == 3
+    out = pre(tmp_path / "a.png")
+    np.testing.assert_array_equal(out[..., :3], plain(tmp_path / "a.png"))
+    np.testing.assert_array_equal(out[..., 3], cv2.resize(labels, (20, 20), interpolation=cv2.INTER_NEAREST))
+    assert set(np.unique(out[..., 3])) <= set(np.unique(labels))
+    assert (pre(tmp_path / "b.png")[..., 3] == 0).all()  # no mask for b: a zero channel
+    assert (pre.from_array(img)[..., 3] == 0).all()
+
+    again = pickle.loads(pickle.dumps(pre))
+    assert again == pre and again.key() == pre.key()
+    np.testing.assert_array_equal(again(tmp_path / "a.png"), out)
+    params = pre.params()
+    assert params["masks"]["pairs"] == 1 and "masks" not in plain.params()
+    key = pre.key()
+    cv2.imwrite(str(tmp_path / "a_mask.png"), np.zeros((30, 30), np.uint8))
+    assert pre.key() != key  # a changed mask file must not reuse a cache
+
+
+def test_batch_augment_moves_the_mask_channel_with_the_image() -> None:
+    from medkit.data.augment import AugmentConfig, BatchAugment
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 6, (4, 1, 16, 16), dtype=np.uint8)
+    # channel 3 (the mask) is channel 0 of the image: identical per-sample transforms keep them identical
+    x = torch.from_numpy(np.concatenate([labels, labels * 10, labels * 20, labels], axis=1))
+    cfg = AugmentConfig(hflip=0.5, vflip=0.5, normalize="none")
+    g = torch.Generator().manual_seed(0)
+    y = BatchAugment(cfg)(x, generator=g)
+    assert torch.equal(y[:, 3], y[:, 0])
+    assert set(torch.unique(torch.round(y[:, 3] * 255)).tolist()) <= set(range(6))  # flips copy labels exactly
+    rot = BatchAugment(AugmentConfig(affine_p=1.0, rotate=20.0, normalize="none"))(x, generator=g)
+    assert torch.allclose(rot[:, 3], rot[:, 0])  # bilinear warps blend labels at edges, but in step with the image

@@ -74,6 +74,13 @@ def train(
     fold: FoldOpt = None,
     label_cols: Annotated[str | None, typer.Option("--labels-cols", help="Comma-separated label columns.")] = None,
     image_col: Annotated[str | None, typer.Option("--image-col", help="Image path/id column.")] = None,
+    mask_col: Annotated[
+        str | None,
+        typer.Option(
+            "--mask-col",
+            help="Column of mask files stacked as an extra channel (default: 'mask' if present; 'none' = off).",
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option("--model", help="MODELS name, e.g. resnet34 or timm/convnext_tiny.", rich_help_panel=_PANEL_MODEL),
@@ -303,6 +310,7 @@ def train(
         cutmix=cutmix,
         grad_clip=grad_clip,
         cache_dir=str(cache) if cache else None,
+        mask_col="auto" if mask_col is None else (None if mask_col.lower() == "none" else mask_col),
         resume=resume,
         profile=profile,
         argv=sys.argv[:],

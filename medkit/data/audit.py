@@ -239,15 +239,15 @@ def infer_split(rel: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------------- scanning
 def scan(
-    paths: Sequence[Path],
+    paths: Sequence[str | os.PathLike[str]],
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk: int | None = None,
 ) -> list[dict[str, Any]]:
     """Summaries of ``paths`` in order, computed by ``workers`` processes (0: in this process)."""
-    from medkit.data._audit_scan import summarize_chunk, summarize_file
+    from medkit.data._audit_scan import init_worker, summarize_chunk, summarize_file
 
-    strs = [str(p) for p in paths]
+    strs = [os.fspath(p) for p in paths]
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     if n_workers <= 1 or len(strs) < 8:
         out = []
@@ -257,11 +257,21 @@ def scan(
                 on_progress(1)
         return out
     import concurrent.futures as cf
+    import multiprocessing as mp
+    import sys
+    import threading
 
+    # Chunks of files, not single files, are the tasks: a task costs a round trip through the pool's pipes.
+    # About 8 chunks per worker (at most 64 files) keep the cores busy until the end and the bar moving.
     size = chunk or max(1, min(64, len(strs) // (n_workers * 8) or 1))
     chunks = [strs[i : i + size] for i in range(0, len(strs), size)]
     results: list[list[dict[str, Any]]] = [[] for _ in chunks]
-    with cf.ProcessPoolExecutor(max_workers=n_workers) as pool:
+    # fork starts a worker in milliseconds with numpy, OpenCV and medkit already imported; spawn and forkserver
+    # (the default from Python 3.14) re-import them in every worker. It is safe on Linux while this process
+    # runs no other thread (a live progress bar is one: then the platform's default is kept).
+    single = threading.active_count() == 1
+    ctx = mp.get_context("fork") if sys.platform.startswith("linux") and single else None
+    with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=init_worker) as pool:
         futures = {pool.submit(summarize_chunk, c): k for k, c in enumerate(chunks)}
         for fut in cf.as_completed(futures):
             k = futures[fut]
@@ -291,7 +301,7 @@ def _ranges(
     for k, (f, r) in enumerate(zip(files, records, strict=True)):
         if r.get("ok"):
             modality = (r.get("dicom") or {}).get("modality", "")
-            groups[(Path(f).suffix.lower() + modality, r["dtype"])].append(k)
+            groups[(os.path.splitext(f)[1].lower() + modality, r["dtype"])].append(k)
     out: list[tuple[float, float] | None] = [None] * len(files)
     relative: set[int] = set()
     for (_, dtype), idx in groups.items():
@@ -958,7 +968,8 @@ def run_audit(
     files = list_images(root)
     if on_start:
         on_start(len(files))
-    records = scan([root / f for f in files], workers=workers, on_progress=on_progress)
+    base = str(root)
+    records = scan([os.path.join(base, f) for f in files], workers=workers, on_progress=on_progress)
     for f, r in zip(files, records, strict=True):
         r["path"] = f
     findings: list[Finding] = []

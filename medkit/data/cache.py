@@ -180,16 +180,6 @@ def _serial_build(
     return None
 
 
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def update(self, advance: int = 1, **fields: Any) -> None:
-        return None
-
 
 class UInt8Cache:
     """A memory-mapped (N, H, W, C) uint8 cache, read like a source: ``cache[i]``, ``len(cache)``, ``get_batch``.
@@ -360,7 +350,7 @@ def _run_build(
             done.flush()
             last_flush = time.monotonic()
 
-    bar = Progress(total=len(todo), description="caching images", unit="img") if progress else _NoBar()
+    bar = Progress(total=len(todo), description="caching images", unit="img", enabled=progress)
     try:
         with bar:
             if workers <= 1 or len(chunks) == 1:

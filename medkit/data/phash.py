@@ -49,7 +49,8 @@ def phash64_small(small: np.ndarray) -> int:
     import cv2
 
     block = cv2.dct(np.ascontiguousarray(small, dtype=np.float32))[:8, :8].ravel()
-    bits = block > np.partition(block, 31)[31:33].mean()  # the median of 64 values
+    mid = np.partition(block, (31, 32))
+    bits = block > (mid[31] + mid[32]) / 2  # the median of 64 values
     return int.from_bytes(np.packbits(bits).tobytes(), "big")
 
 

@@ -13,6 +13,13 @@ Sources share one interface, ``len(source)``, ``source[i] -> uint8 (H, W, C)``, 
 uint8 (B, H, W, C)``: `FileSource` decodes on the fly, `ArraySource` wraps in-memory arrays (MedMNIST ``.npz``),
 and `medkit.data.cache.UInt8Cache` reads a memory-mapped cache.
 
+Image + mask: with ``masks`` (image file -> mask file) the mask becomes one more channel after the image channels
+(PANDA-style 4-channel tile mosaics). It is read as the label values themselves (first channel of an RGB mask) and
+resized with INTER_NEAREST, so no new label values appear; an image without a mask gets a channel of zeros.
+
+CT windows on DICOM files take `medkit.data.dicom.dicom_windows` (one lookup table per window on the stored
+values instead of float Hounsfield units: faster, and MONOCHROME1 windows are applied before the inversion).
+
 This module imports numpy and (inside functions) cv2 and the readers; it does not import torch.
 """
 
@@ -21,8 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,7 +40,8 @@ from medkit.errors import DataError, UsageError
 __all__ = ["Preprocess", "Source", "FileSource", "ArraySource", "to_uint8", "PREPROCESS_VERSION"]
 
 # Bumped whenever the pixels Preprocess produces for the same parameters change, so old caches are not reused.
-PREPROCESS_VERSION = 1
+# 2: windows on MONOCHROME1 DICOM files are applied before the inversion (dicom_windows).
+PREPROCESS_VERSION = 2
 
 _BIT_DEPTHS = ("minmax", "percentile")
 _INTERPOLATIONS = ("auto", "area", "linear", "cubic", "nearest")
@@ -89,6 +97,8 @@ class Preprocess:
         percentiles: Low and high percentiles for ``bit_depth="percentile"``.
         interpolation: ``auto`` (INTER_AREA when shrinking, INTER_LINEAR when enlarging), or ``area``, ``linear``,
             ``cubic``, ``nearest``.
+        masks: Image file -> mask file (a mapping or (image, mask) pairs): the mask is stacked as one more
+            channel (label values, INTER_NEAREST). Images missing from it get a zero channel. None: no mask.
     """
 
     size: int | tuple[int, int] = 256
@@ -98,7 +108,9 @@ class Preprocess:
     bit_depth: str = "minmax"
     percentiles: tuple[float, float] = (0.5, 99.5)
     interpolation: str = "auto"
+    masks: Mapping[str, str] | Sequence[tuple[str, str]] | None = None
     _hw: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _mask_of: dict[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         hw = _as_hw(self.size)
@@ -125,6 +137,19 @@ class Preprocess:
         if not 0.0 <= lo < hi <= 100.0:
             raise UsageError(f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}")
         object.__setattr__(self, "percentiles", (lo, hi))
+        if self.masks is not None:
+            pairs = self.masks.items() if isinstance(self.masks, Mapping) else self.masks
+            # absolute paths, so a cache (which passes absolute paths) finds the mask of every image
+            norm = tuple(sorted((os.path.abspath(i), os.path.abspath(m)) for i, m in pairs))
+            object.__setattr__(self, "masks", norm)
+            object.__setattr__(self, "_mask_of", dict(norm))
+        else:
+            object.__setattr__(self, "_mask_of", {})
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image itself (windows, or ``channels``), before the mask channel."""
+        return len(self.windows) if self.windows else self.channels
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -134,8 +159,8 @@ class Preprocess:
 
     @property
     def out_channels(self) -> int:
-        """Number of output channels."""
-        return len(self.windows) if self.windows else self.channels
+        """Number of output channels (the image's, plus one for the mask)."""
+        return self.image_channels + (1 if self.masks is not None else 0)
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -144,16 +169,35 @@ class Preprocess:
 
     def params(self) -> dict[str, Any]:
         """The parameters as a JSON-friendly dict (stored with caches and runs)."""
-        d = asdict(self)
-        d.pop("_hw", None)
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
         d["size"] = list(self._hw)
         d["windows"] = list(self.windows) if self.windows else None
         d["percentiles"] = list(self.percentiles)
+        if self.masks is None:
+            d.pop("masks")  # keeps the parameters (and keys) of mask-free preprocessing as they were
+        else:
+            # the pairs can number in the thousands: record their count and a digest, not the list
+            digest = hashlib.sha256("\n".join(f"{i}\0{m}" for i, m in self.masks).encode()).hexdigest()[:16]
+            d["masks"] = {"pairs": len(self.masks), "sha256": digest}
         return d
 
     def key(self) -> str:
-        """A short hash of the parameters (and the preprocessing version): equal keys give equal pixels."""
-        blob = json.dumps({"v": PREPROCESS_VERSION, "cls": type(self).__name__, **self.params()}, sort_keys=True)
+        """A short hash of the parameters (and the preprocessing version): equal keys give equal pixels.
+
+        With ``masks`` the size and modification time of every mask file are part of the key, so a cache built
+        before a mask changed is not reused.
+        """
+        record: dict[str, Any] = {"v": PREPROCESS_VERSION, "cls": type(self).__name__, **self.params()}
+        if self.masks is not None:
+            h = hashlib.sha256()
+            for _, mask in self.masks:
+                try:
+                    st = os.stat(mask)
+                    h.update(f"{mask}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                except OSError:
+                    h.update(f"{mask}\0missing\n".encode())
+            record["mask_files"] = h.hexdigest()
+        blob = json.dumps(record, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def __call__(self, path: str | os.PathLike[str]) -> np.ndarray:
@@ -162,31 +206,84 @@ class Preprocess:
         Raises:
             DataError: When the file cannot be read or its content does not fit the parameters.
         """
-        from medkit.data.readers import read_image
+        from medkit.data.readers import detect_reader, read_image
 
-        img = read_image(path)
-        ds = None
-        if self.windows and "dicom" in self.windows:
-            import pydicom
+        out = None
+        if self.windows and detect_reader(path) == "dicom":
+            out = self._dicom_windows(path)
+        else:
+            img = read_image(path)
+            ds = None
+            if self.windows and "dicom" in self.windows:
+                import pydicom
 
-            # The "dicom" window comes from the file's own WindowCenter / WindowWidth.
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+                # The "dicom" window comes from the file's own WindowCenter / WindowWidth.
+                ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         try:
-            return self.from_array(img, ds=ds)
+            out = self._resize(out) if out is not None else self.from_array(img, ds=ds, with_mask=False)
         except DataError as exc:
             raise DataError(f"{path}: {exc.message}", hint=exc.hint) from exc
         except Exception as exc:  # cv2 raises its own error type for shapes it cannot resize
-            raise DataError(f"{path}: cannot preprocess image of shape {img.shape}, dtype {img.dtype}: {exc}") from exc
+            shape = out.shape if out is not None else img.shape
+            raise DataError(f"{path}: cannot preprocess image of shape {shape}: {exc}") from exc
+        if self.masks is None:
+            return out
+        return np.concatenate([out, self.mask_channel(path)], axis=2)
 
-    def from_array(self, img: np.ndarray, ds: Any = None) -> np.ndarray:
+    def _dicom_windows(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """CT windows of a DICOM file at its own size, through the lookup-table path of `dicom_windows`."""
+        from medkit.data.dicom import dicom_windows
+
+        out = dicom_windows(path, list(self.windows or ()))
+        if out.ndim != 3:
+            raise DataError(
+                f"{path}: CT windows need one slice, got {out.shape[0]} frames",
+                hint="split the multi-frame file into slices, or drop --windows",
+            )
+        return out
+
+    def mask_channel(self, path: str | os.PathLike[str]) -> np.ndarray:
+        """The mask of image ``path`` as uint8 (H, W, 1) at the output size (zeros when it has no mask).
+
+        Raises:
+            DataError: When the mask file cannot be read or holds labels above 255.
+        """
+        from medkit.data.readers import read_image
+
+        oh, ow = self.out_hw
+        mask_path = self._mask_of.get(os.path.abspath(path))
+        if mask_path is None:
+            return np.zeros((oh, ow, 1), dtype=np.uint8)
+        mask = np.asarray(read_image(mask_path))
+        if mask.ndim == 3:
+            mask = mask[:, :, 0]  # PANDA keeps the label in the first (red) channel
+        if mask.ndim != 2:
+            raise DataError(f"{mask_path}: a mask must be one 2-D label image, got shape {mask.shape}")
+        if mask.dtype != np.uint8:
+            if mask.size and (mask.min() < 0 or mask.max() > 255):
+                raise DataError(
+                    f"{mask_path}: mask labels must lie in 0..255, got {mask.min()}..{mask.max()}",
+                    hint="store the mask as 8-bit label values",
+                )
+            mask = mask.astype(np.uint8)
+        if mask.shape != (oh, ow):
+            import cv2
+
+            # nearest neighbour: a label mask must not get blended values between two classes
+            mask = cv2.resize(np.ascontiguousarray(mask), (ow, oh), interpolation=cv2.INTER_NEAREST)
+        return mask[:, :, None]
+
+    def from_array(self, img: np.ndarray, ds: Any = None, with_mask: bool = True) -> np.ndarray:
         """Preprocess an in-memory image: (H, W) or (H, W, C), any dtype (float = Hounsfield units with windows).
 
         Args:
             img: The image.
             ds: The pydicom dataset, needed only for the ``dicom`` window.
+            with_mask: With ``masks`` set, append a zero mask channel (an array has no mask file), so the
+                shape is always `out_shape`.
 
         Returns:
-            uint8 (H, W, C) with the shape `out_shape`.
+            uint8 (H, W, C) with the shape `out_shape` (``image_channels`` channels when ``with_mask`` is False).
 
         Raises:
             DataError: For an array that is not 2-D or 3-D, or a multi-channel image given CT windows.
@@ -208,7 +305,10 @@ class Preprocess:
         else:
             out = to_uint8(img, self.bit_depth, self.percentiles)
             out = self._map_channels(out)
-        return self._resize(out)
+        out = self._resize(out)
+        if self.masks is not None and with_mask:
+            out = np.concatenate([out, np.zeros((*out.shape[:2], 1), dtype=np.uint8)], axis=2)
+        return out
 
     def _map_channels(self, img: np.ndarray) -> np.ndarray:
         import cv2

@@ -74,8 +74,9 @@ class TrainData:
         num_classes: Classes (multiclass) or grades (ordinal); 0 otherwise.
         label_groups: Group name -> label columns, for ``heads="groups"``.
         data_hash: SHA-256 of the table and the file list.
-        in_chans: Channels of the uint8 images.
+        in_chans: Channels of the uint8 images (the mask channel included).
         description: One line saying where the data came from.
+        mask_col: Table column whose mask files were stacked as the last channel, or None.
     """
 
     train: Split
@@ -89,6 +90,7 @@ class TrainData:
     data_hash: str = ""
     in_chans: int = 3
     description: str = ""
+    mask_col: str | None = None
 
     def label_prevalence(self) -> list[float] | None:
         """Positive rate of each label on the training split (binary/multilabel), for ``pos_weight="auto"``."""
@@ -349,6 +351,7 @@ def build_data(
     cache_dir: str | os.PathLike[str] | None = None,
     workers: int = 0,
     seed: int = 0,
+    mask_col: str | None = "auto",
 ) -> TrainData:
     """Resolve the training data of a task.
 
@@ -363,6 +366,8 @@ def build_data(
         cache_dir: Build or reuse a `UInt8Cache` here (files only).
         workers: Processes for building the cache.
         seed: Seed for the fallback hold-out.
+        mask_col: Column of mask files (``medkit tile --masks`` writes ``mask``) stacked as one more channel;
+            ``"auto"`` uses a ``mask`` column when the table has one; None never adds a mask.
 
     Raises:
         DataError: Missing files, bad labels, an empty fold.
@@ -382,6 +387,8 @@ def build_data(
             raise UsageError(
                 "--fold does not apply to a MedMNIST .npz (it has fixed train/val/test splits)", hint="drop --fold"
             )
+        if mask_col not in (None, "auto"):
+            raise UsageError("--mask-col does not apply to a MedMNIST .npz", hint="drop --mask-col")
         return _medmnist(task, data)
     if labels is None:
         raise UsageError(f"--labels is needed with --data {data}", hint="pass the dataset table (CSV or parquet)")
@@ -443,14 +450,17 @@ def build_data(
         tr_mask = ~is_val
     if not tr_mask.any():
         raise DataError(f"{labels}: nothing left to train on after taking the validation rows", hint="check --fold")
+    masks, mask_col = _mask_files(df, data, labels, mask_col, paths)
+    image_chans = task.in_chans - 1 if masks is not None and task.in_chans in (2, 4) else task.in_chans
     pre = Preprocess(
         size=task.img_size,
-        channels=1 if task.in_chans == 1 else 3,
+        channels=1 if image_chans == 1 else 3,
         windows=tuple(task.windows) if task.windows else None,
+        masks=masks,
     )
-    if pre.out_channels != task.in_chans:
+    if pre.image_channels != image_chans:
         raise UsageError(
-            f"task '{task.name}': {pre.out_channels} image channels but in_chans={task.in_chans}",
+            f"task '{task.name}': {pre.image_channels} image channels but in_chans={task.in_chans}",
             hint="set --in-chans to match the windows (one channel per window)",
         )
     source: Any = FileSource(paths, pre)
@@ -483,8 +493,60 @@ def build_data(
         groups_map,
         digest,
         pre.out_channels,
-        f"{labels}: {int(tr_mask.sum())} train / {int(is_val.sum())} val ({how})",
+        f"{labels}: {int(tr_mask.sum())} train / {int(is_val.sum())} val ({how})"
+        + (f"; + mask channel from '{mask_col}'" if masks is not None else ""),
+        mask_col if masks is not None else None,
     )
+
+
+def _mask_files(
+    df: Any, root: Path, labels: Any, mask_col: str | None, paths: Sequence[Any]
+) -> tuple[dict[str, str] | None, str | None]:
+    """Image file -> mask file for the rows that name a mask in ``mask_col``, and the column used.
+
+    ``(None, None)`` when no mask is used.
+    """
+    if mask_col is None:
+        return None, None
+    if mask_col == "auto":
+        if "mask" not in df.columns or df["mask"].isna().all():
+            return None, None
+        mask_col = "mask"
+    elif mask_col not in df.columns:
+        raise UsageError(
+            f"--mask-col {mask_col}: no such column in {labels}",
+            hint=f"columns are: {', '.join(map(str, df.columns[:20]))}; `medkit tile --masks DIR` writes 'mask'",
+        )
+    masks: dict[str, str] = {}
+    missing: list[str] = []
+    for image, value in zip(paths, df[mask_col].tolist(), strict=True):
+        if image is None or value is None or (isinstance(value, float) and math.isnan(value)) or str(value) == "":
+            continue
+        p = Path(str(value))
+        p = p if p.is_absolute() else root / p
+        if not p.is_file():
+            missing.append(str(p))
+            continue
+        if os.path.abspath(p) == os.path.abspath(image):
+            raise DataError(
+                f"{labels}: column '{mask_col}' names the image file itself ({p.name})",
+                hint="tile with --mosaic or --format png so masks are separate files, or use --mask-col none",
+            )
+        masks[str(image)] = str(p)
+    if missing:
+        raise DataError(
+            f"{labels}: {len(missing)} mask file(s) of column '{mask_col}' not found, e.g. {missing[0]}",
+            hint="pass the `medkit tile` output folder as --data, or --mask-col none to train without masks",
+        )
+    if not masks:
+        raise DataError(f"{labels}: column '{mask_col}' names no mask file", hint="use --mask-col none")
+    n_without = len(paths) - len(masks)
+    from medkit.console import info, warn
+
+    if n_without:
+        warn(f"{n_without} of {len(paths)} images have no mask in column '{mask_col}': their mask channel is 0")
+    info(f"mask column '{mask_col}': each image's mask is stacked as the last input channel")
+    return masks, mask_col
 
 
 def _data_hash(table: bytes, paths: Sequence[Any]) -> str:

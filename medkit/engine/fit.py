@@ -68,6 +68,8 @@ class TrainConfig:
         cutmix: CutMix alpha (0: off).
         grad_clip: Gradient-norm clip (0: off).
         cache_dir: Preprocess once into a uint8 cache under this folder.
+        mask_col: Table column of mask files stacked as the last input channel (``"auto"``: a ``mask`` column
+            when the table has one, as ``medkit tile --masks`` writes; None: no mask).
         resume: Continue from ``out/checkpoints/last.pt``.
         profile: Time this many steps (data wait vs step) with `medkit.data.loader.Profiler`, then stop.
         evaluate_test: Also score the test split (MedMNIST) with the best checkpoint.
@@ -105,6 +107,7 @@ class TrainConfig:
     cutmix: float = 0.0
     grad_clip: float = 0.0
     cache_dir: str | None = None
+    mask_col: str | None = "auto"
     resume: bool = False
     profile: int = 0
     evaluate_test: bool = True
@@ -217,6 +220,23 @@ def _make_model(cfg: TrainConfig, data: Any) -> Any:
     )
 
 
+def _mean_std(task: Any, data: Any) -> tuple[list[float], list[float]]:
+    """Normalisation per input channel: the task's for the image channels, then the mask channel's.
+
+    The mask channel gets mean 0 and std 1/255, so after ``(x / 255 - mean) / std`` the model sees the label
+    values themselves (0..5 for PANDA), on the same scale as a normalised image channel.
+    """
+    mean, std = list(task.mean), list(task.std)
+    if data.mask_col is None:
+        return mean, std
+    image_chans = data.in_chans - 1
+    if len(mean) == 1:
+        mean = mean * image_chans
+    if len(std) == 1:
+        std = std * image_chans
+    return mean[:image_chans] + [0.0], std[:image_chans] + [1.0 / 255.0]
+
+
 def _make_optimizer(
     name: str, model: Any, lr: float, weight_decay: float, total_steps: int, extra: dict[str, Any]
 ) -> Any:
@@ -317,6 +337,7 @@ def fit(cfg: TrainConfig) -> FitResult:
         cfg.cache_dir,
         cfg.workers,
         cfg.seed,
+        cfg.mask_col,
     )
     _log(info, f"data: {data.description}; target {data.target}, {data.num_outputs} output(s)")
     if len(data.val) == 0:
@@ -376,7 +397,7 @@ def fit(cfg: TrainConfig) -> FitResult:
 
     aug_gen = torch.Generator()
     aug_gen.manual_seed(cfg.seed + 1_000_003 * info.rank)
-    mean, std = list(task.mean), list(task.std)
+    mean, std = _mean_std(task, data)
     aug_cfg = AugmentConfig(**{**task.augment, "mean": tuple(mean), "std": tuple(std)})
     augmenter = BatchAugment(aug_cfg, size=task.img_size)
     evaluator = BatchAugment(AugmentConfig(mean=tuple(mean), std=tuple(std)), size=task.img_size)
@@ -446,6 +467,9 @@ def fit(cfg: TrainConfig) -> FitResult:
             world_size=info.world_size,
             metric=task.metric,
             greater_is_better=greater,
+            in_chans=data.in_chans,
+            mask_col=data.mask_col,
+            img_size=task.img_size,
         )
         run.write_run_json(record)
 

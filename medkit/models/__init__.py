@@ -57,11 +57,11 @@ CURATED: dict[str, tuple[str, str, int, str]] = {
 CIFAR_RESNETS: dict[str, tuple[str, str]] = {
     "resnet18_cifar": (
         "resnet18",
-        "ResNet-18 (28) of the MedMNIST v2 benchmark: 3x3 stride-1 stem, no max-pool, for 28-64 px images",
+        "ResNet-18 (28) of MedMNIST v2 (Yang et al., Sci Data 2023): 3x3 stride-1 stem, no max-pool; 28-64 px",
     ),
     "resnet50_cifar": (
         "resnet50",
-        "ResNet-50 (28) of the MedMNIST v2 benchmark: 3x3 stride-1 stem, no max-pool, for 28-64 px images",
+        "ResNet-50 (28) of MedMNIST v2 (Yang et al., Sci Data 2023): 3x3 stride-1 stem, no max-pool; 28-64 px",
     ),
 }
 
