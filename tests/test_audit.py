@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from _factories import write_dicom as make_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -52,43 +53,24 @@ def write_dicom(
     window: tuple[str, str] | None = ("40", "80"),
     stored: np.ndarray | None = None,
 ) -> Path:
-    """A small uncompressed DICOM file; ``hu=None`` and ``stored=None`` write one without pixel data."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.PatientID = "P"
-    ds.SeriesInstanceUID = series
-    ds.InstanceNumber = instance
-    if z is not None:
-        ds.ImagePositionPatient = [0.0, 0.0, z]
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.RescaleIntercept = intercept
-    ds.RescaleSlope = 1
-    if hu is not None or stored is not None:
-        if stored is None:
-            stored = np.round(hu - intercept)
-        stored = stored.astype(np.int16 if signed else np.uint16)
-        ds.Rows, ds.Columns = stored.shape
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = photometric
-        ds.BitsAllocated = 16
-        ds.BitsStored = bits_stored
-        ds.HighBit = bits_stored - 1
-        ds.PixelRepresentation = 1 if signed else 0
-        ds.PixelData = stored.tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A small uncompressed DICOM in HU; ``hu=None`` and ``stored=None`` write one without pixel data."""
+    if stored is None and hu is not None:
+        stored = np.round(hu - intercept)
+    return make_dicom(
+        path,
+        stored,
+        z=z,
+        instance=instance,
+        series=series,
+        modality=modality,
+        bits_stored=bits_stored,
+        signed=signed,
+        intercept=intercept,
+        photometric=photometric,
+        window=window,
+        patient="P",
+        pixel_spacing=None,
+    )
 
 
 def ct_slice(seed: int, n: int = 64) -> np.ndarray:

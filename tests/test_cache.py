@@ -188,8 +188,7 @@ def test_missing_file_is_a_data_error(tmp_path: Path) -> None:
 
 def test_dicom_ct_cache_with_windows(tmp_path: Path) -> None:
     pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from _factories import write_dicom
 
     from medkit.data.dicom import multi_window
 
@@ -197,18 +196,7 @@ def test_dicom_ct_cache_with_windows(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     for i in range(3):
         raw = rng.integers(0, 2000, (32, 32)).astype(np.int16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(tmp_path / f"s{i}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
-        ds.Rows, ds.Columns = 32, 32
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = raw.tobytes()
-        ds.save_as(tmp_path / f"s{i}.dcm", enforce_file_format=True)
+        write_dicom(tmp_path / f"s{i}.dcm", raw, bits_stored=16, signed=True)
         paths.append(tmp_path / f"s{i}.dcm")
     pre = Preprocess(size=16, windows=("brain", "subdural", "bone"))
     cache = UInt8Cache.build(paths, pre, tmp_path / "cache", workers=0, progress=False)

@@ -4,74 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from _factories import write_dicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
 from medkit.data import dicom as D
 from medkit.data.readers import ImageReadError, read_image
 from medkit.errors import DataError, UnknownNameError
-
-
-def write_dicom(
-    path: Path,
-    stored: np.ndarray,
-    *,
-    slope: float | None = 1.0,
-    intercept: float | None = -1024.0,
-    bits_stored: int = 12,
-    signed: bool = False,
-    photometric: str = "MONOCHROME2",
-    modality: str = "CT",
-    window: tuple | None = None,
-    z: float = 0.0,
-    instance: int = 1,
-    patient: str = "P1",
-    frames: int | None = None,
-    preamble: bool = True,
-) -> Path:
-    """A minimal uncompressed DICOM with the given stored values (16 bits allocated)."""
-    stored = np.asarray(stored)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = "1.2.3.4"
-    ds.SeriesInstanceUID = "1.2.3.4.5"
-    ds.PatientID = patient
-    ds.Modality = modality
-    ds.InstanceNumber = instance
-    ds.ImagePositionPatient = [-10.5, 20.25, z]
-    ds.PixelSpacing = [0.5, 0.75]
-    ds.SliceThickness = 2.5
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = stored.shape[-2:]
-    if frames:
-        ds.NumberOfFrames = frames
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    if slope is not None:
-        ds.RescaleSlope = slope
-    if intercept is not None:
-        ds.RescaleIntercept = intercept
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=preamble)
-    return path
 
 
 def _window_ref(x: float, c: float, w: float) -> int:

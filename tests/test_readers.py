@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+from _factories import write_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -206,22 +207,8 @@ def test_npz_read_image_key_and_index(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- detection
 def _dicom_bytes(tmp_path: Path) -> bytes:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "CT", 1, "MONOCHROME2"
-    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 2, 2, 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
-    ds.PixelData = np.full((2, 2), 1024, np.uint16).tobytes()
-    ds.save_as(tmp_path / "tmp.dcm", enforce_file_format=True)
-    return (tmp_path / "tmp.dcm").read_bytes()
+    path = write_dicom(tmp_path / "tmp.dcm", np.full((2, 2), 1024, np.uint16), pixel_spacing=None)
+    return path.read_bytes()
 
 
 def test_detection_by_content_without_suffix(tmp_path):
