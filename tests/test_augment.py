@@ -246,3 +246,21 @@ def test_cutmix_weights_equal_pixel_shares() -> None:
         if others:
             j = int(others[0])
             torch.testing.assert_close(ym[i, j], (xm[i] == j).float().mean())
+
+
+def test_mask_channels_get_geometry_but_no_photometric_change() -> None:
+    img = _batch(b=6, c=3, h=16, w=16, seed=3)
+    mask = (torch.arange(16).view(1, 1, 1, 16).expand(6, 1, 16, 16) // 4).to(torch.uint8)  # labels 0..3
+    x = torch.cat([img, mask], dim=1)
+    cfg = dict(hflip=0.5, vflip=0.5, brightness=0.4, contrast=0.4, blur_p=1.0, normalize="none")
+    out = BatchAugment(AugmentConfig(**cfg, image_channels=3))(x, _gen(5))
+    # The same draw on the image alone gives the same image channels (the mask does not change the parameters).
+    alone = BatchAugment(AugmentConfig(**cfg))(img, _gen(5))
+    torch.testing.assert_close(out[:, :3], alone, atol=1e-6, rtol=0)
+    # The mask channel only moved: it still holds the exact label values, flipped like the image.
+    flips = BatchAugment(AugmentConfig(hflip=0.5, vflip=0.5, normalize="none"))(x, _gen(5))
+    assert torch.equal(out[:, 3], flips[:, 3])
+    assert set((out[:, 3] * 255).round().unique().tolist()) == {0.0, 1.0, 2.0, 3.0}
+    # Without image_channels the photometric changes reach the mask too (what the option prevents).
+    every = BatchAugment(AugmentConfig(**cfg))(x, _gen(5))
+    assert not torch.equal(every[:, 3], flips[:, 3])

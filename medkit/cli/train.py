@@ -72,7 +72,9 @@ def train(
         Path | None, typer.Option("--folds", help="Fold table from `medkit split` (joined on image).", dir_okay=False)
     ] = None,
     fold: FoldOpt = None,
-    label_cols: Annotated[str | None, typer.Option("--labels-cols", help="Comma-separated label columns.")] = None,
+    label_cols: Annotated[
+        str | None, typer.Option("--label-cols", help="Comma-separated label columns (as in `medkit audit`).")
+    ] = None,
     image_col: Annotated[str | None, typer.Option("--image-col", help="Image path/id column.")] = None,
     mask_col: Annotated[
         str | None,

@@ -77,6 +77,9 @@ class AugmentConfig:
         normalize: ``half`` (mean 0.5, std 0.5 per channel, like MedMNIST), ``imagenet`` or ``none``.
         mean: Explicit per-channel mean (overrides ``normalize``).
         std: Explicit per-channel std (overrides ``normalize``).
+        image_channels: Photometric changes (brightness, contrast, blur) touch only the first N channels; the
+            channels after them (a label mask stacked as an input channel) are only moved geometrically and
+            cut out. None: every channel is an image channel.
     """
 
     hflip: float = 0.0
@@ -99,6 +102,7 @@ class AugmentConfig:
     normalize: str = "half"
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    image_channels: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("hflip", "vflip", "affine_p", "blur_p", "cutout_p"):
@@ -192,8 +196,11 @@ class BatchAugment(torch.nn.Module):
             out = F.grid_sample(xf, grid, mode="bilinear", padding_mode=cfg.padding, align_corners=False)
         else:
             out = _to_unit(self._gather(x, u, (h, w)))
-        out = self._color(out, u)
-        out = self._blur(out, u)
+        n = cfg.image_channels if cfg.image_channels is not None else c
+        if n >= c:
+            out = self._blur(self._color(out, u), u)
+        elif n > 0:  # label-mask channels keep their values: no brightness, contrast or blur
+            out = torch.cat([self._blur(self._color(out[:, :n], u), u), out[:, n:]], dim=1)
         out = self._cutout(out, u)
         return self._normalize(out)
 

@@ -180,7 +180,6 @@ def _serial_build(
     return None
 
 
-
 class UInt8Cache:
     """A memory-mapped (N, H, W, C) uint8 cache, read like a source: ``cache[i]``, ``len(cache)``, ``get_batch``.
 

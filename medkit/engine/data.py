@@ -221,7 +221,7 @@ def _split_targets(values: np.ndarray, target: str, name: str) -> np.ndarray:
             if v.shape[1] != 1:
                 raise DataError(
                     f"{name}: a {target} task needs one integer label column, got {v.shape[1]}",
-                    hint="pass --labels-cols COL, or use the multilabel task",
+                    hint="pass --label-cols COL, or use the multilabel task",
                 )
             v = v[:, 0]
         if np.isnan(v.astype(np.float64)).any():
@@ -418,7 +418,7 @@ def build_data(
         if "fold" in spec.labels:
             spec = spec.with_(labels=tuple(c for c in spec.labels if c != "fold"))
     if not spec.labels:
-        raise DataError(f"{labels}: no numeric label columns found", hint="name them with --labels-cols A,B")
+        raise DataError(f"{labels}: no numeric label columns found", hint="name them with --label-cols A,B")
     paths = resolve_paths(df, data, spec.image)
     target = task.target
     if target == "binary" and len(spec.labels) > 1:

@@ -398,7 +398,10 @@ def fit(cfg: TrainConfig) -> FitResult:
     aug_gen = torch.Generator()
     aug_gen.manual_seed(cfg.seed + 1_000_003 * info.rank)
     mean, std = _mean_std(task, data)
-    aug_cfg = AugmentConfig(**{**task.augment, "mean": tuple(mean), "std": tuple(std)})
+    image_channels = len(mean) - 1 if data.mask_col is not None else None  # the mask is the last channel
+    aug_cfg = AugmentConfig(
+        **{**task.augment, "mean": tuple(mean), "std": tuple(std), "image_channels": image_channels}
+    )
     augmenter = BatchAugment(aug_cfg, size=task.img_size)
     evaluator = BatchAugment(AugmentConfig(mean=tuple(mean), std=tuple(std)), size=task.img_size)
     num_classes = data.num_classes if data.target == "multiclass" else None
@@ -558,10 +561,8 @@ def fit(cfg: TrainConfig) -> FitResult:
                 _log(info, f"stage 2: {cfg.stage2_optimizer} for the last {stage2_epochs} epoch(s)")
             train_batches.set_epoch(epoch, step_in_epoch)
             bar_total = sum(len(b) for b in train_batches.batches()) if not cfg.dry_run else None
-            bar_cm = (
-                Progress(total=bar_total, description=f"epoch {epoch + 1}/{epochs}", unit="img")
-                if info.is_main
-                else _NoBar()
+            bar_cm = Progress(
+                total=bar_total, description=f"epoch {epoch + 1}/{epochs}", unit="img", enabled=info.is_main
             )
             with bar_cm as bar:
                 if epoch_state.seen:
@@ -688,19 +689,6 @@ def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
             }
         )
         return fit(sub).profile
-
-
-class _NoBar:
-    """Stand-in progress bar for ranks other than 0 (only rank 0 draws)."""
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def update(self, advance: int = 1, **fields: Any) -> None:
-        """Ignore the update."""
 
 
 def _gather_eval(res: dict[str, Any], info: DistInfo, split: Any) -> dict[str, Any]:
