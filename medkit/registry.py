@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import importlib
 import inspect
 import os
@@ -20,9 +21,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from medkit.errors import MedkitError, UnknownNameError
+from medkit.errors import MedkitError, UnknownNameError, UsageError
 
-__all__ = ["Entry", "Prefix", "Registry", "plugins_disabled"]
+__all__ = ["Entry", "Prefix", "Registry", "plugins_disabled", "keyword_options"]
 
 T = TypeVar("T")
 
@@ -30,6 +31,43 @@ T = TypeVar("T")
 def plugins_disabled() -> bool:
     """Whether third-party entry points are switched off (``MEDKIT_DISABLE_PLUGINS=1``)."""
     return os.environ.get("MEDKIT_DISABLE_PLUGINS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def keyword_options(
+    kind: str, ignore: Iterable[str] = (), doc: str = "docs/plugins.md"
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Decorator for a factory whose options are keyword-only: an unknown option is a `UsageError` naming the
+    valid ones with a "did you mean" suggestion, instead of a bare `TypeError`.
+
+    Args:
+        kind: Word used in the message (``"loss"``, ``"metric"``).
+        ignore: Context options dropped when the factory does not declare them, so a caller (the engine) can pass
+            the same facts (label prevalence, number of classes) to every factory of a kind.
+        doc: Where the options are documented, for the hint.
+    """
+    ignored = frozenset(ignore)
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> T:
+            if args:
+                raise UsageError(f"{kind} '{fn.__name__}' takes keyword options only, got {len(args)} positional")
+            kwargs = {k: v for k, v in kwargs.items() if k in valid or k not in ignored}
+            for key in kwargs:
+                if key not in valid:
+                    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+                    guess = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise UsageError(
+                        f"unknown option '{key}' for {kind} '{fn.__name__}'{guess}",
+                        hint=f"options of {fn.__name__}: {', '.join(valid) or 'none'} (see {doc})",
+                    )
+            return fn(**kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def _first_doc_line(obj: Any) -> str:

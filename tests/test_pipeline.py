@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _factories import write_dicom
 
 from medkit.data.loader import CUDAPrefetcher, ImageDataset, Profiler, default_workers, make_loader, to_device
 from medkit.data.pipeline import ArraySource, FileSource, Preprocess, to_uint8
@@ -245,26 +246,16 @@ def test_distributed_loader_uses_a_seeded_distributed_sampler(tmp_path: Path) ->
 
 # ---------------------------------------------------------------------------------------------------- DICOM windows
 def _ct_dicom(path: Path, hu: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.WindowCenter, ds.WindowWidth = 40, 80
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    return write_dicom(
+        path,
+        hu + 1024,
+        bits_stored=16,
+        signed=True,
+        photometric=photometric,
+        window=(40, 80),
+        z=None,
+        pixel_spacing=None,
+    )
 
 
 WINDOWS = ("brain", "subdural", "soft_tissue", "dicom")

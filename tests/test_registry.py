@@ -196,3 +196,20 @@ def test_every_registry_documents_its_signature_in_plugins_md() -> None:
     for kind, reg in ALL.items():
         assert f"medkit.{kind}" in doc, kind
         assert reg.signature and reg.signature in doc, kind
+
+
+def test_keyword_options_names_the_valid_ones_and_drops_context() -> None:
+    from medkit.errors import UsageError
+    from medkit.registry import keyword_options
+
+    @keyword_options("widget", ignore=("num_classes",))
+    def make(*, gamma: float = 2.0, alpha: float = 0.25) -> tuple:
+        return gamma, alpha
+
+    assert make(gamma=1.0, num_classes=5) == (1.0, 0.25)  # context the factory does not take is dropped
+    with pytest.raises(UsageError) as info:
+        make(gama=3)
+    assert info.value.message == "unknown option 'gama' for widget 'make' (did you mean 'gamma'?)"
+    assert "gamma, alpha" in (info.value.hint or "")
+    with pytest.raises(UsageError, match="keyword options only"):
+        make(1.0)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _factories import write_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -54,27 +55,9 @@ def make_png_table(
 
 
 def make_dicom(path: Path, hu: np.ndarray, patient: str) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.PatientID = patient
-    ds.SeriesInstanceUID = generate_uid()
-    ds.Rows, ds.Columns = hu.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_dicom(path, hu + 1024, bits_stored=16, signed=True, patient=patient, series=generate_uid(), z=None)
 
 
 def train_cli(*args: str | Path) -> object:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import functools
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -12,6 +9,7 @@ import torch
 from torch import nn
 
 from medkit.errors import UsageError
+from medkit.registry import keyword_options
 
 __all__ = [
     "FLAG_NAMES",
@@ -49,28 +47,7 @@ def checked_options(kind: str) -> Callable[[F], F]:
     Args:
         kind: Word used in the message (``"loss"``).
     """
-
-    def decorate(fn: F) -> F:
-        valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if args:
-                raise UsageError(f"{kind} '{fn.__name__}' takes keyword options only, got {len(args)} positional")
-            kwargs = {k: v for k, v in kwargs.items() if k in valid or k not in CONTEXT_OPTIONS}
-            for key in kwargs:
-                if key not in valid:
-                    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-                    guess = f" (did you mean '{close[0]}'?)" if close else ""
-                    raise UsageError(
-                        f"unknown option '{key}' for {kind} '{fn.__name__}'{guess}",
-                        hint=f"options of {fn.__name__}: {', '.join(valid)} (see docs/losses-metrics.md)",
-                    )
-            return fn(**kwargs)
-
-        return wrapper  # type: ignore[return-value]
-
-    return decorate
+    return keyword_options(kind, ignore=CONTEXT_OPTIONS, doc="docs/losses-metrics.md")  # type: ignore[return-value]
 
 
 def match_target(logits: torch.Tensor, target: torch.Tensor, name: str) -> torch.Tensor:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import difflib
-import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
 
 from medkit.errors import DataError, UsageError
+from medkit.registry import keyword_options
 
 __all__ = ["Metric", "checked_options", "as_arrays", "layout", "binarise", "class_indices", "thresholds_for"]
 
@@ -43,23 +41,7 @@ class Metric:
 
 def checked_options(fn: F) -> F:
     """Turn an unknown keyword option of a metric factory into a `UsageError` listing the valid ones."""
-    valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY]
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if args:
-            raise UsageError(f"metric '{fn.__name__}' takes keyword options only")
-        for key in kwargs:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-                guess = f" (did you mean '{close[0]}'?)" if close else ""
-                raise UsageError(
-                    f"unknown option '{key}' for metric '{fn.__name__}'{guess}",
-                    hint=f"options of {fn.__name__}: {', '.join(valid) or 'none'} (see docs/losses-metrics.md)",
-                )
-        return fn(**kwargs)
-
-    return wrapper  # type: ignore[return-value]
+    return keyword_options("metric", doc="docs/losses-metrics.md")(fn)  # type: ignore[return-value]
 
 
 def as_arrays(y_true: Any, y_score: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
