@@ -188,7 +188,10 @@ def test_ties_are_broken_by_position() -> None:
 
 
 @pytest.mark.parametrize(("size", "method", "threads"), [(S, "white", 1), (40, "white", 2), (24, "otsu", 2)])
-def test_threaded_read_and_banded_scoring_match(tmp_path: Path, size: int, method: str, threads: int) -> None:
+def test_threaded_read_and_banded_scoring_match(
+    tmp_path: Path, size: int, method: str, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("medkit.data.tiles.THREADED_MIN_PIXELS", 0)  # thread even this small level
     img, _ = planted(seed=3)
     img[100:140, 10:50] = (200, 80, 160)  # some saturated tissue for the otsu rule
     path = write_pyramid(tmp_path / "b.tiff", img)  # TIFF tiles of 32 px: misaligned with grids of 40 or 24 px
@@ -206,6 +209,20 @@ def test_threaded_read_and_banded_scoring_match(tmp_path: Path, size: int, metho
         np.testing.assert_array_equal(s, s3)
         np.testing.assert_array_equal(t, t3)
     assert t3.sum() > 0
+
+
+@pytest.mark.parametrize(("h", "w", "size"), [(1000, 777, 256), (513, 300, 256), (256, 256, 256), (45, 37, 4)])
+@pytest.mark.parametrize("threads", [2, 3, 64])
+def test_scoring_in_thread_bands_is_identical(h: int, w: int, size: int, threads: int) -> None:
+    img = np.random.default_rng(h).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    grid = make_grid(h, w, size)
+    for method, thr in (("white", None), ("otsu", 40.0)):
+        one = score_tiles(img, grid, method, otsu_threshold=thr)
+        many = score_tiles(img, grid, method, otsu_threshold=thr, threads=threads)
+        np.testing.assert_array_equal(many[0], one[0])
+        np.testing.assert_array_equal(many[1], one[1])
+        assert many[2] == one[2]
+        assert one[1].sum() > 0 and len(one[0]) == grid.n
 
 
 def test_otsu_picks_saturated_tissue_on_dark_background() -> None:
