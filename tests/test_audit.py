@@ -588,3 +588,62 @@ def test_image_column_that_names_the_files_is_chosen(tmp_path: Path) -> None:
     rep = A.run_audit(tmp_path / "d", labels=tmp_path / "t.csv", workers=0)
     assert rep.image_col == "path" and rep.row_file == ["b/x.png"]
     assert files_of(by_kind(rep)["unlabeled_file"]) == {"a/x.png"}
+
+
+def write_medmnist(path: Path) -> Path:
+    """A MedMNIST-layout archive: 8/3/3 distinct 28 px images with planted problems.
+
+    train/0 is black; test/0 is a copy of train/1 (leakage across splits); train/3 is a copy of train/2 with the
+    other label (a label conflict); val/2 is train/4 one grey level brighter (a near duplicate across splits).
+    """
+    imgs = {  # equalised: at 28 px a random picture can come out dark, and only train/0 may be
+        sp: np.stack([cv2.equalizeHist(natural(700 + 20 * k + i, (28, 28))) for i in range(n)])
+        for k, (sp, n) in enumerate((("train", 8), ("val", 3), ("test", 3)))
+    }
+    labels = {sp: np.array([[i % 2] for i in range(len(v))], dtype=np.uint8) for sp, v in imgs.items()}
+    imgs["train"][0] = 0
+    imgs["test"][0] = imgs["train"][1]
+    imgs["train"][3] = imgs["train"][2]
+    labels["train"][2, 0], labels["train"][3, 0] = 0, 1
+    labels["test"][0, 0] = labels["train"][1, 0]  # the leaked copy keeps its label: leakage, not a conflict
+    imgs["val"][2] = np.clip(imgs["train"][4].astype(int) + 1, 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        path, **{f"{sp}_images": v for sp, v in imgs.items()}, **{f"{sp}_labels": v for sp, v in labels.items()}
+    )
+    return path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_medmnist_archive_is_audited_image_by_image(tmp_path: Path, workers: int) -> None:
+    write_medmnist(tmp_path / "d" / "toy.npz")
+    write_png(tmp_path / "d" / "extra.png", natural(990))
+    np.savez(tmp_path / "d" / "single.npz", image=natural(991))  # not an archive of splits: one image
+    rep = A.run_audit(tmp_path / "d", workers=workers)
+    assert len(rep.files) == 8 + 3 + 3 + 2 and "toy.npz/train/0" in rep.files and "single.npz" in rep.files
+    assert all(r["ok"] for r in rep.records)
+    kinds = by_kind(rep)
+    assert files_of(kinds["blank"]) == {"toy.npz/train/0"} and "dark" not in kinds
+    exact = {frozenset(f.files) for f in kinds["exact_duplicate"]}
+    assert exact == {
+        frozenset({"toy.npz/test/0", "toy.npz/train/1"}),
+        frozenset({"toy.npz/train/2", "toy.npz/train/3"}),
+    }
+    assert [set(f.files) for f in kinds["label_conflict"]] == [{"toy.npz/train/2", "toy.npz/train/3"}]
+    assert rep.label_cols == ("label",)
+    leaks = {frozenset(f.files) for f in kinds["leakage"]}
+    assert leaks == {frozenset({"toy.npz/test/0", "toy.npz/train/1"}), frozenset({"toy.npz/train/4", "toy.npz/val/2"})}
+    assert rep.split_source == "folder names"
+
+
+def test_cli_audits_one_archive_file_with_sheets(tmp_path: Path) -> None:
+    path = write_medmnist(tmp_path / "toy.npz")
+    res = CliRunner().invoke(app, ["audit", str(path), "-j", "0", "--json", "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1, res.output  # leakage and a label conflict are in the default --fail-on
+    doc = json.loads(res.stdout)
+    assert doc["files"] == 14 and doc["counts"]["leakage"] == 2 and doc["counts"]["label_conflict"] == 1
+    sheet = cv2.imread(str(tmp_path / "out" / "sheet_leakage.png"), cv2.IMREAD_GRAYSCALE)
+    assert sheet is not None and sheet.std() > 10  # real thumbnails, not the crossed-out "unreadable" tile
+    dup = pd.read_csv(tmp_path / "out" / "duplicates.csv")
+    pair = dup.set_index("image").loc[["toy.npz/train/1", "toy.npz/test/0"], "exact_cluster"]
+    assert pair.nunique() == 1

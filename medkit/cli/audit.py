@@ -15,7 +15,13 @@ _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
 def audit(
-    data: Annotated[Path, typer.Argument(help="Data folder, scanned recursively (PNG, JPEG, TIFF, NPY/NPZ, DICOM).")],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="Data folder, scanned recursively (PNG, JPEG, TIFF, NPY/NPZ, DICOM), or one file; MedMNIST .npz "
+            "archives are audited image by image."
+        ),
+    ],
     labels: Annotated[
         Path | None, typer.Option("--labels", "-l", help="Label table (CSV/TSV/parquet), one row per image.")
     ] = None,

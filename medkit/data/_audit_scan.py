@@ -21,7 +21,15 @@ from medkit.data import readers
 from medkit.data.phash import phash64_small, resize32
 from medkit.errors import MedkitError
 
-__all__ = ["summarize_file", "summarize_array", "summarize_chunk", "init_worker", "DICOM_SUFFIXES"]
+__all__ = [
+    "summarize_file",
+    "summarize_array",
+    "summarize_member",
+    "summarize_chunk",
+    "archive_array",
+    "init_worker",
+    "DICOM_SUFFIXES",
+]
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _LEVEL_BINS = 4096  # float and wide-integer images are binned this finely for percentiles and the mode
@@ -356,6 +364,40 @@ def summarize_file(path: str) -> dict[str, Any]:
     return rec
 
 
-def summarize_chunk(paths: list[str]) -> list[dict[str, Any]]:
-    """`summarize_file` over a chunk of paths (one task per chunk keeps inter-process traffic small)."""
-    return [summarize_file(p) for p in paths]
+# Arrays of image archives (MedMNIST .npz) by (path, key). The audit loads them in the parent before the pool
+# forks, so the workers share them; a spawned worker loads each array once.
+_ARCHIVES: dict[tuple[str, str], np.ndarray] = {}
+
+
+def archive_array(path: str, key: str) -> np.ndarray:
+    """One array of a .npz archive, loaded once per process."""
+    arr = _ARCHIVES.get((path, key))
+    if arr is None:
+        with np.load(path, allow_pickle=False) as npz:
+            arr = npz[key]
+        _ARCHIVES[(path, key)] = arr
+    return arr
+
+
+def summarize_member(item: tuple[str, str, int]) -> dict[str, Any]:
+    """`summarize_file` for image ``index`` of array ``key`` in the archive ``path`` (a MedMNIST split)."""
+    path, key, index = item
+    rec: dict[str, Any] = {"path": f"{path}:{key}[{index}]", "ok": False, "error": None}
+    try:
+        arr = archive_array(path, key)[index]
+    except Exception as exc:
+        rec["error"] = f"{path}: cannot read image {index} of '{key}' ({type(exc).__name__}: {exc})"
+        return rec
+    rec["bytes"] = int(arr.nbytes)
+    try:
+        rec.update(summarize_array(arr))
+    except Exception as exc:
+        rec["error"] = f"{path}: cannot summarise image {index} of '{key}' ({type(exc).__name__}: {exc})"
+        return rec
+    rec["ok"] = True
+    return rec
+
+
+def summarize_chunk(items: list[str | tuple[str, str, int]]) -> list[dict[str, Any]]:
+    """Summaries of a chunk of files and archive members (one task per chunk keeps inter-process traffic small)."""
+    return [summarize_file(p) if isinstance(p, str) else summarize_member(p) for p in items]

@@ -238,21 +238,92 @@ def infer_split(rel: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- scanning
+ARCHIVE_SPLITS = ("train", "val", "test")
+
+
+def _expand_archives(
+    root: Path, files: Sequence[str]
+) -> tuple[list[str], list[str | tuple[str, str, int]], dict[str, tuple[Any, ...]], tuple[str, ...]]:
+    """Audit names and scan items: files as they are, MedMNIST-style .npz archives as one item per image.
+
+    An archive holding ``train_images`` / ``val_images`` / ``test_images`` (and their ``*_labels``) contributes
+    an image named ``<archive>/<split>/<index>`` for each row, so its split is read from the name like a folder's
+    and duplicates across splits are leakage; its labels become the images' labels (label conflicts). Any other
+    .npz, or one that cannot be opened, stays a single file (read, or reported unreadable, like any image).
+
+    Returns:
+        ``(names, items, labels, label_columns)``.
+    """
+    from medkit.data._audit_scan import _ARCHIVES
+
+    names: list[str] = []
+    items: list[str | tuple[str, str, int]] = []
+    labels: dict[str, tuple[Any, ...]] = {}
+    width = 0
+    for f in files:
+        path = os.path.join(root, f)
+        arrays: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        if f.lower().endswith(".npz"):
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    for sp in ARCHIVE_SPLITS:
+                        if f"{sp}_images" in npz.files:
+                            lab = npz[f"{sp}_labels"] if f"{sp}_labels" in npz.files else None
+                            arrays[sp] = (npz[f"{sp}_images"], lab)
+            except Exception:  # reported as unreadable when the file itself is scanned
+                arrays = {}
+        if not arrays:
+            names.append(f)
+            items.append(path)
+            continue
+        for sp, (imgs, lab) in arrays.items():
+            _ARCHIVES[(path, f"{sp}_images")] = imgs
+            if lab is not None:
+                lab = lab.reshape(len(lab), -1)
+                if len(lab) != len(imgs):
+                    lab = None  # the reader refuses such a file for training; here the images are still audited
+                else:
+                    width = max(width, lab.shape[1])
+            digits = len(str(max(len(imgs) - 1, 0)))
+            for i in range(len(imgs)):
+                name = f"{f}/{sp}/{i:0{digits}d}"
+                names.append(name)
+                items.append((path, f"{sp}_images", i))
+                if lab is not None:
+                    labels[name] = tuple(v.item() for v in lab[i])
+    cols = ("label",) if width == 1 else tuple(f"label_{j}" for j in range(width))
+    labels = {k: v + (None,) * (width - len(v)) for k, v in labels.items()}
+    return names, items, labels, cols
+
+
+def _archive_member(root: Path, rel: str) -> tuple[str, str, int] | None:
+    """``(archive path, key, index)`` of an audit name made by `_expand_archives`, else None."""
+    parts = rel.rsplit("/", 2)
+    if len(parts) != 3 or not parts[0].lower().endswith(".npz") or parts[1] not in ARCHIVE_SPLITS:
+        return None
+    if not parts[2].isdigit() or not (root / parts[0]).is_file():
+        return None
+    return str(root / parts[0]), f"{parts[1]}_images", int(parts[2])
+
+
 def scan(
-    paths: Sequence[str | os.PathLike[str]],
+    paths: Sequence[str | os.PathLike[str] | tuple[str, str, int]],
     workers: int | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Summaries of ``paths`` in order, computed by ``workers`` processes (0: in this process)."""
-    from medkit.data._audit_scan import init_worker, summarize_chunk, summarize_file
+    """Summaries of ``paths`` in order, computed by ``workers`` processes (0: in this process).
 
-    strs = [os.fspath(p) for p in paths]
+    An item ``(archive, key, index)`` is image ``index`` of array ``key`` in a .npz archive.
+    """
+    from medkit.data._audit_scan import init_worker, summarize_chunk
+
+    strs = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
     n_workers = (os.cpu_count() or 1) if workers is None else workers
     if n_workers <= 1 or len(strs) < 8:
         out = []
         for p in strs:
-            out.append(summarize_file(p))
+            out.append(summarize_chunk([p])[0])
             if on_progress:
                 on_progress(1)
         return out
@@ -962,14 +1033,19 @@ def run_audit(
         UsageError: When a named column is not in the table.
     """
     th = thresholds or Thresholds()
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"data folder not found: {root}", hint="pass the folder that holds the images")
-    files = list_images(root)
+    target = Path(root)
+    if target.is_dir():
+        root, files = target, list_images(target)
+    elif target.is_file():
+        root, files = target.parent, [target.name]
+    else:
+        raise DataError(
+            f"data not found: {target}", hint="pass the folder that holds the images, or one image or .npz file"
+        )
+    files, items, archive_labels, archive_cols = _expand_archives(root, files)
     if on_start:
         on_start(len(files))
-    base = str(root)
-    records = scan([os.path.join(base, f) for f in files], workers=workers, on_progress=on_progress)
+    records = scan(items, workers=workers, on_progress=on_progress)
     for f, r in zip(files, records, strict=True):
         r["path"] = f
     findings: list[Finding] = []
@@ -1026,6 +1102,9 @@ def run_audit(
     elif folder_split:
         partitions["split"] = folder_split
         report.split_source = "folder names"
+    if labels is None and archive_labels:
+        file_labels.update(archive_labels)
+        report.label_cols = archive_cols
     findings += _conflict_and_leak_findings(files, near, exact, file_labels, report.label_cols, partitions)
     order = {k: i for i, k in enumerate(KINDS)}
     findings.sort(key=lambda f: (order[f.kind], f.files[:1]))
@@ -1099,15 +1178,17 @@ def clean_table(report: AuditReport) -> Any:
     return report.table.loc[np.asarray(keep_rows, dtype=bool)].reset_index(drop=True)
 
 
-def _thumb(path: Path, rec: dict[str, Any], size: int) -> np.ndarray:
+def _thumb(root: Path, rel: str, rec: dict[str, Any], size: int) -> np.ndarray:
     """A uint8 (size, size) display of an image on the scale it was judged on (dark stays dark)."""
     import cv2
 
+    from medkit.data._audit_scan import archive_array
     from medkit.data.readers import read_image
 
     tile = np.full((size, size), 40, dtype=np.uint8)
     try:
-        arr = read_image(path)
+        member = _archive_member(root, rel)
+        arr = archive_array(*member[:2])[member[2]] if member else read_image(root / rel)
     except Exception:
         cv2.line(tile, (0, 0), (size - 1, size - 1), 200, 2)
         cv2.line(tile, (0, size - 1), (size - 1, 0), 200, 2)
@@ -1166,7 +1247,7 @@ def _contact_sheets(report: AuditReport, out: Path, max_items: int, size: int = 
         if multi:
             for f in items[: max_items // 3 or 1]:
                 tiles = [
-                    _captioned(_thumb(report.root / x, report.records[index[x]], size), x)
+                    _captioned(_thumb(report.root, x, report.records[index[x]], size), x)
                     for x in f.files[:cols]
                     if x in index
                 ]
@@ -1175,7 +1256,7 @@ def _contact_sheets(report: AuditReport, out: Path, max_items: int, size: int = 
                 rows.append(np.hstack(tiles))
         else:
             tiles = [
-                _captioned(_thumb(report.root / f.files[0], report.records[index[f.files[0]]], size), f.files[0])
+                _captioned(_thumb(report.root, f.files[0], report.records[index[f.files[0]]], size), f.files[0])
                 for f in items[:max_items]
                 if f.files[0] in index
             ]
