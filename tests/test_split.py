@@ -95,6 +95,42 @@ def test_ordinal_grades_and_strata_are_one_hot_balanced() -> None:
     assert counts.to_numpy().sum() == 60
 
 
+def test_joint_strata_balance_every_combination() -> None:
+    # Grade x provider, 2 folds. Balancing the marginals alone allows fold 0 = {(0,a),(0,a),(1,b),(1,b)}: both
+    # marginals even, every combination in one fold. With the joint stratum each combination is split 1 / 1.
+    df = pd.DataFrame({"grade": [0, 0, 1, 1, 0, 0, 1, 1], "provider": list("aabbbbaa")})
+    df["image"] = [f"s{i}" for i in range(len(df))]
+    for seed in range(5):
+        res = split_table(df, folds=2, image="image", labels=["grade"], strata=["grade*provider"], seed=seed)
+        assert "grade*provider=0|a" in res.labels.names and "grade*provider=1|b" in res.labels.names
+        cells = pd.crosstab([df["grade"], df["provider"]], res.fold)
+        assert (cells.to_numpy() == 1).all(), cells
+
+
+@pytest.mark.parametrize(("rows", "folds"), [(4, 2), (10, 5), (12, 3)])
+def test_strata_of_single_rows_still_give_equal_folds(rows: int, folds: int) -> None:
+    # Every row its own stratum cell: the prevalence terms cancel the size term exactly, so one fold taking every
+    # row costs the same as equal folds; the tie must go to equal folds.
+    df = pd.DataFrame({"image": [f"s{i}" for i in range(rows)], "cell": [f"c{i}" for i in range(rows)]})
+    for seed in range(3):
+        res = split_table(df, folds=folds, image="image", strata=["cell"], seed=seed)
+        assert np.bincount(res.fold, minlength=folds).tolist() == [rows // folds] * folds
+
+
+def test_cli_joint_strata_names_a_missing_part(tmp_path: Path) -> None:
+    pd.DataFrame({"image_id": ["a", "b", "c", "d"], "isup_grade": [0, 1, 0, 1], "data_provider": list("xxyy")}).to_csv(
+        tmp_path / "t.csv", index=False
+    )
+    res = runner.invoke(app, ["split", str(tmp_path / "t.csv"), "--folds", "2", "--strata", "isup_grade*provider"])
+    assert res.exit_code == 2 and "stratum column 'provider'" in res.stderr
+    args = ["split", str(tmp_path / "t.csv"), "--folds", "2", "--strata", "isup_grade*data_provider", "--json"]
+    res = runner.invoke(app, [*args, "--group", "none", "--out", str(tmp_path / "f.csv")])
+    assert res.exit_code == 0, res.output
+    folds = pd.read_csv(tmp_path / "f.csv")
+    assert (pd.crosstab([folds["isup_grade"], folds["data_provider"]], folds["fold"]).sum(axis=1) == 1).all()
+    assert pd.crosstab(folds["isup_grade"], folds["fold"]).to_numpy().tolist() == [[1, 1], [1, 1]]
+
+
 def test_holdout_sizes_are_exact() -> None:
     df = pd.DataFrame({"image": [f"i{i}" for i in range(100)], "y": [1] * 30 + [0] * 70})
     res = split_table(df, holdout=parse_holdout("0.2,0.1"), image="image", labels=["y"])

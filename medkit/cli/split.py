@@ -162,7 +162,11 @@ def split(
     ] = None,
     sep: Annotated[str, typer.Option("--sep", help="Separator of --labels-from.")] = "|",
     strata: Annotated[
-        str | None, typer.Option("--strata", help="Extra columns to balance, comma-separated (data_provider).")
+        str | None,
+        typer.Option(
+            "--strata",
+            help="Extra columns to balance, comma-separated (data_provider); a*b balances every combination.",
+        ),
     ] = None,
     duplicates: Annotated[
         Path | None,
@@ -191,7 +195,7 @@ def split(
 
     import numpy as np
 
-    from medkit.data.splits import expand_separated, looks_like_rsna_long, parse_holdout, split_table
+    from medkit.data.splits import expand_separated, joint_parts, looks_like_rsna_long, parse_holdout, split_table
     from medkit.data.table import detect_spec, from_rsna_long, load_table, save_table
 
     start = time.perf_counter()
@@ -218,7 +222,7 @@ def split(
     label_cols = _columns(labels) if labels and labels != "auto" else []
     strata_cols = _columns(strata)
     _need(df, label_cols, "label", table)
-    _need(df, strata_cols, "stratum", table)
+    _need(df, [part for c in strata_cols for part in joint_parts(c)], "stratum", table)
     extra = None
     if labels_from:
         _need(df, [labels_from], "--labels-from", table)
@@ -229,7 +233,7 @@ def split(
         # Auto labels: the detected numeric label columns, minus anything used as group, strata or the split itself.
         from medkit.data.splits import label_matrix
 
-        used = {group_col, spec.fold, spec.split, *strata_cols}
+        used = {group_col, spec.fold, spec.split, *(part for c in strata_cols for part in joint_parts(c))}
         # A constant column (all 0, all True) has nothing to balance.
         candidates = [c for c in spec.labels if c not in used and c != "fold" and df[c].nunique(dropna=False) > 1]
         _, skipped = label_matrix(df, candidates, strict=False)

@@ -176,6 +176,21 @@ def _indicators(df: Any, column: str, as_stratum: bool, strict: bool) -> tuple[n
     return cols, names
 
 
+def joint_parts(column: str) -> list[str]:
+    """The table columns of a stratum: ``"isup_grade*data_provider"`` -> both, a plain name -> itself."""
+    return [c.strip() for c in column.split("*")] if "*" in column else [column]
+
+
+def _with_joint(df: Any, column: str) -> Any:
+    """``df`` with a joint stratum column ``a*b`` added (values ``"3|radboud"``; missing when a part is missing)."""
+    parts = joint_parts(column)
+    if len(parts) == 1:
+        return df
+    sub = df[parts]
+    joint = sub.astype(str).agg("|".join, axis=1).where(sub.notna().all(axis=1), None)
+    return df.assign(**{column: joint})
+
+
 def label_matrix(
     df: Any, labels: Sequence[str] = (), strata: Sequence[str] = (), strict: bool = True
 ) -> tuple[LabelMatrix, list[str]]:
@@ -184,7 +199,8 @@ def label_matrix(
     Args:
         df: The table.
         labels: Label columns (0/1 multi-hot, a class index, an ordinal grade).
-        strata: Extra columns to balance (data provider, scanner, sex), one-hot whatever their type.
+        strata: Extra columns to balance (data provider, scanner, sex), one-hot whatever their type; ``a*b``
+            balances every combination of the values of ``a`` and ``b`` (grade x data provider).
         strict: Raise on a column with too many distinct values; otherwise skip it and name it in the return.
 
     Returns:
@@ -198,7 +214,7 @@ def label_matrix(
     sources: list[str] = []
     skipped: list[str] = []
     for col, as_stratum in [*((c, False) for c in labels), *((c, True) for c in strata)]:
-        got = _indicators(df, col, as_stratum, strict)
+        got = _indicators(_with_joint(df, col) if as_stratum else df, col, as_stratum, strict)
         if got is None:
             skipped.append(col)
             continue
@@ -373,6 +389,9 @@ def _assign_units(
         fold[u] = f
         wx[f] += weight[f] * c
     np.add.at(excess, fold, x)
+    # The distance can be as low with a fold left empty as with every fold used (strata cells of one row each
+    # make that a tie); when there are enough units, no fold stays empty.
+    _fill_empty_folds(x, sq, fold, excess, weight)
     stats = {"greedy": _objective(excess, weight)}
     if n_units and k > 1:
         for _ in range(passes):
@@ -380,6 +399,7 @@ def _assign_units(
             swapped = _swap_round(x, sq, fold, excess, weight)
             if not moved and not swapped:
                 break
+        _settle_ties(x, sq, fold, excess, weight, ratios)
     stats["final"] = _objective(excess, weight)
     return fold, stats
 
@@ -395,14 +415,66 @@ def _move_gains(x: np.ndarray, sq: np.ndarray, fold: np.ndarray, excess: np.ndar
     return gain
 
 
+def _fill_empty_folds(x: np.ndarray, sq: np.ndarray, fold: np.ndarray, excess: np.ndarray, weight: np.ndarray) -> None:
+    """Move into each empty fold the unit (from a fold of two or more) whose move costs least."""
+    k = excess.shape[0]
+    while len(fold) >= k:
+        members = np.bincount(fold, minlength=k)
+        empty = np.flatnonzero(members == 0)
+        if not len(empty):
+            return
+        b = int(empty[0])
+        movable = np.flatnonzero(members[fold] > 1)
+        gain = _move_gains(x, sq, fold, excess, weight)[movable, b]
+        u = int(movable[int(np.argmin(gain))])
+        excess[fold[u]] -= x[u]
+        excess[b] += x[u]
+        fold[u] = b
+
+
+def _settle_ties(
+    x: np.ndarray, sq: np.ndarray, fold: np.ndarray, excess: np.ndarray, weight: np.ndarray, ratios: np.ndarray
+) -> None:
+    """Moves that leave the distance unchanged but bring fold sizes nearer their targets, until none is left.
+
+    One-hot strata sum to the row count, so with strata cells of one row each the prevalence terms can cancel the
+    size term exactly: then a 3 / 1 split costs the same as 2 / 2. Such ties are settled towards equal sizes.
+    """
+    k = excess.shape[0]
+    sizes = x[:, -1]
+    target = ratios * sizes.sum()
+    tol = 1e-9 * max(1.0, _objective(excess, weight))
+    for _ in range(min(len(fold), 1000)):  # each move lowers the size deviation; ties are small-table cases
+        members = np.bincount(fold, minlength=k)
+        over = np.bincount(fold, weights=sizes, minlength=k) - target
+        gain = _move_gains(x, sq, fold, excess, weight)
+        # Moving u (size s) from a to b lowers the squared size deviations when over[a] - over[b] > s.
+        better = (over[fold][:, None] - over[None, :]) > sizes[:, None] + 1e-9
+        ok = better & (np.abs(gain) <= tol) & (members[fold] > 1)[:, None]
+        cand = np.argwhere(ok)
+        if not len(cand):
+            return
+        u, b = (int(v) for v in cand[0])
+        excess[fold[u]] -= x[u]
+        excess[b] += x[u]
+        fold[u] = b
+
+
 def _move_round(x: np.ndarray, sq: np.ndarray, fold: np.ndarray, excess: np.ndarray, weight: np.ndarray) -> int:
-    """Move single units to the fold that lowers the distance most, best moves first; return how many moved."""
+    """Move single units to the fold that lowers the distance most, best moves first; return how many moved.
+
+    A move that would leave a fold empty is not made while there are at least as many units as folds.
+    """
     gain = _move_gains(x, sq, fold, excess, weight)
     best_gain = gain.min(axis=1)
     cand = np.flatnonzero(best_gain < -1e-12)
     moved = 0
+    members = np.bincount(fold, minlength=excess.shape[0])
+    keep_full = len(fold) >= excess.shape[0]
     for u in cand[np.argsort(best_gain[cand], kind="stable")]:
         a = fold[u]
+        if keep_full and members[a] == 1:
+            continue
         c = x[u]
         # Earlier moves in this round changed the excess: recompute this unit's gain exactly.
         change = ((c * c + 2.0 * c * excess) * weight).sum(axis=1) + ((c * c - 2.0 * c * excess[a]) * weight[a]).sum()
@@ -412,6 +484,8 @@ def _move_round(x: np.ndarray, sq: np.ndarray, fold: np.ndarray, excess: np.ndar
             excess[a] -= c
             excess[b] += c
             fold[u] = b
+            members[a] -= 1
+            members[b] += 1
             moved += 1
     return moved
 
