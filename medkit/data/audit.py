@@ -296,6 +296,13 @@ def _expand_archives(
     return names, items, labels, cols
 
 
+def _release_archives() -> None:
+    """Drop the archive arrays loaded for a scan (contact sheets load the ones they show again)."""
+    from medkit.data._audit_scan import _ARCHIVES
+
+    _ARCHIVES.clear()
+
+
 def _archive_member(root: Path, rel: str) -> tuple[str, str, int] | None:
     """``(archive path, key, index)`` of an audit name made by `_expand_archives`, else None."""
     parts = rel.rsplit("/", 2)
@@ -1045,7 +1052,10 @@ def run_audit(
     files, items, archive_labels, archive_cols = _expand_archives(root, files)
     if on_start:
         on_start(len(files))
-    records = scan(items, workers=workers, on_progress=on_progress)
+    try:
+        records = scan(items, workers=workers, on_progress=on_progress)
+    finally:
+        _release_archives()
     for f, r in zip(files, records, strict=True):
         r["path"] = f
     findings: list[Finding] = []
@@ -1149,7 +1159,10 @@ def write_outputs(report: AuditReport, out_dir: str | os.PathLike[str], max_shee
     written.append(write_csv(out / "duplicates.csv", dup))
     if report.table is not None:
         written.append(save_table(clean_table(report), out / "labels_clean.csv"))
-    written += _contact_sheets(report, out, max_sheet)
+    try:
+        written += _contact_sheets(report, out, max_sheet)
+    finally:
+        _release_archives()
     return written
 
 
