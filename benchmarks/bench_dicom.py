@@ -41,32 +41,25 @@ def phantom(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def write_series(folder: Path, n: int, size: int) -> list[Path]:
     """N synthetic CT DICOM files (uncompressed, 16 bits allocated, 12 stored)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from _dicom import write_ct
 
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
         stored = np.clip(np.rint(phantom(rng, size) + 1024), 0, 4095).astype(np.uint16)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-        ds.PatientID, ds.Modality, ds.InstanceNumber = "BENCH", "CT", i + 1
-        ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.1"
-        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * i]
-        ds.PixelSpacing, ds.SliceThickness = [0.45, 0.45], 5.0
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.Rows = ds.Columns = size
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-        ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-        ds.WindowCenter, ds.WindowWidth = 40, 80
-        ds.PixelData = stored.tobytes()
         path = folder / f"slice_{i:04d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
+        write_ct(
+            path,
+            stored,
+            PatientID="BENCH",
+            InstanceNumber=i + 1,
+            SeriesInstanceUID="1.2.826.0.1.3680043.8.498.1",
+            ImagePositionPatient=[0.0, 0.0, 5.0 * i],
+            PixelSpacing=[0.45, 0.45],
+            SliceThickness=5.0,
+            WindowCenter=40,
+            WindowWidth=80,
+        )
         paths.append(path)
     return paths
 

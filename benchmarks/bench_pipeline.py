@@ -58,26 +58,13 @@ def _png_one(args: tuple[str, int, int]) -> None:
 
 def _dicom_one(args: tuple[str, int, int]) -> None:
     import cv2
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from _dicom import write_ct
 
     path, size, seed = args
     rng = np.random.default_rng(seed)
     base = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), size / 24)
     hu = (base - base.mean()) / (base.std() + 1e-6) * 300 + 40 + rng.normal(0, 20, (size, size))
-    raw = np.clip(hu + 1024, 0, 4095).astype(np.int16)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(path, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = CTImageStorage, meta.MediaStorageSOPInstanceUID, "CT"
-    ds.Rows = ds.Columns = size
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 1
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = raw.tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_ct(path, np.clip(hu + 1024, 0, 4095).astype(np.int16), signed=True)
 
 
 def make_files(folder: Path, fmt: str, n: int, size: int, workers: int) -> list[Path]:

@@ -20,25 +20,9 @@ from pathlib import Path
 
 def _write(path: Path, hu: object) -> None:
     import numpy as np
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+    from _dicom import write_ct
 
-    hu = np.asarray(hu)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    ds.Rows, ds.Columns = hu.shape
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+    write_ct(path, (np.asarray(hu) + 1024).astype(np.int16), bits_stored=16, signed=True)
 
 
 def main() -> None:
