@@ -64,7 +64,7 @@ def _dicom_one(args: tuple[str, int, int]) -> None:
     rng = np.random.default_rng(seed)
     base = cv2.GaussianBlur(rng.random((size, size), dtype=np.float32), (0, 0), size / 24)
     hu = (base - base.mean()) / (base.std() + 1e-6) * 300 + 40 + rng.normal(0, 20, (size, size))
-    write_ct(path, np.clip(hu + 1024, 0, 4095).astype(np.int16), signed=True)
+    write_ct(path, np.clip(hu + 1024, 0, 4095).astype(np.uint16))
 
 
 def make_files(folder: Path, fmt: str, n: int, size: int, workers: int) -> list[Path]:
