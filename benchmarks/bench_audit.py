@@ -212,7 +212,7 @@ def compare(root: Path, mk: dict, cv: dict, planted: dict[str, set]) -> None:
 
 
 def bench_hashes(n: int = 100_000, threshold: int = 6, brute_n: int = 20_000) -> None:
-    from medkit.data.phash import clusters, hamming, near_pairs
+    from medkit.audit.phash import clusters, hamming, near_pairs
 
     rng = np.random.default_rng(1)
     h = rng.integers(0, np.iinfo(np.uint64).max, size=n, dtype=np.uint64, endpoint=True)

@@ -79,8 +79,8 @@ def naive(path: Path) -> np.ndarray:
 
 
 def fast(path: Path) -> np.ndarray:
-    """medkit.data.dicom.dicom_windows (lookup table on the stored values)."""
-    from medkit.data.dicom import dicom_windows
+    """medkit.io.dicom.dicom_windows (lookup table on the stored values)."""
+    from medkit.io.dicom import dicom_windows
 
     return dicom_windows(path, ("brain", "subdural", "soft_tissue"))
 

@@ -30,7 +30,7 @@ def main() -> None:
     import numpy as np
 
     from medkit.data.pipeline import Preprocess
-    from medkit.data.readers import read_image
+    from medkit.io.readers import read_image
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="files")

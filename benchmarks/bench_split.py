@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse.csgraph  # noqa: F401  (imported up front: every method is timed without import costs)
 
-from medkit.data.splits import expand_separated, leakage_certificate, max_deviation, split_table
+from medkit.split import expand_separated, leakage_certificate, max_deviation, split_table
 
 DEFAULT_TABLE = "/work/shared/data/torchxrayvision/Data_Entry_2017_v2020.csv.gz"
 

@@ -92,8 +92,8 @@ def read_only(path: Path, level: int, sz: int, n: int) -> tuple[np.ndarray, np.n
 
 def medkit_tiles(path: Path, level: int, sz: int, n: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """medkit's path: open, score the level, select, cut the N tiles."""
-    from medkit.data.slide import open_slide
-    from medkit.data.tiles import cut_tile, score_slide_level, select_tiles
+    from medkit.io.slide import open_slide
+    from medkit.tile import cut_tile, score_slide_level, select_tiles
 
     with open_slide(path) as slide:
         grid, score, tissue, _thr, img = score_slide_level(slide, level, sz, threads=threads)

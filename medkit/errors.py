@@ -5,6 +5,8 @@ This module imports neither torch nor typer.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 __all__ = [
     "MedkitError",
     "UsageError",
@@ -13,6 +15,9 @@ __all__ = [
     "UnknownNameError",
     "DeviceError",
     "OfflineError",
+    "ImageReadError",
+    "Interrupted",
+    "did_you_mean",
 ]
 
 
@@ -36,6 +41,18 @@ class MedkitError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
+
+
+def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``" (did you mean 'x'?)"`` for the closest of ``choices`` to a mistyped ``name``, or ``""`` when none is close.
+
+    The one place medkit builds its "did you mean" suggestions (registry names, config keys, columns, windows,
+    finding kinds), so they all read alike.
+    """
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 class UsageError(MedkitError):
@@ -63,3 +80,13 @@ class DeviceError(MedkitError):
 
 class OfflineError(MedkitError):
     """Something had to be downloaded (pretrained weights, a dataset) and the network is unreachable."""
+
+
+class ImageReadError(DataError):
+    """A file that cannot be read as an image (empty, truncated, unsupported or too large)."""
+
+
+class Interrupted(MedkitError):
+    """Work stopped before the end (Ctrl-C, or ``--max-steps`` in training); what was done is saved to resume."""
+
+    exit_code = 130

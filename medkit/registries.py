@@ -71,7 +71,7 @@ COMPETITIONS: Registry = Registry(
 READERS: Registry = Registry(
     "readers",
     "reader",
-    builtins=["medkit.data.readers"],
+    builtins=["medkit.io.readers"],
     signature="f(path: pathlib.Path, **kw) -> numpy.ndarray; flags suffixes, magic",
 )
 

@@ -1,15 +1,53 @@
-"""Options shared by several commands, declared once (help text and ``MEDKIT_*`` environment variable)."""
+"""Options shared by several commands, declared once: one help text, one meaning and one ``MEDKIT_*`` variable.
+
+The same flag means the same thing in every command: ``--data`` is the image root (or one archive),
+``--labels`` the dataset table (one row per image), ``--label-cols`` the label columns of that table,
+``--image-col`` its image column, ``--folds`` a fold table written by ``medkit split``, and ``--workers`` the
+processes that decode files (every core by default). Options a single command owns stay in its module.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from medkit.device import DEVICE_HELP
 
-__all__ = ["DeviceOpt", "SeedOpt", "FoldOpt", "OutOpt", "JsonOpt", "WorkersOpt", "QuietOpt", "device_spec"]
+__all__ = [
+    "CliState",
+    "DeviceOpt",
+    "SeedOpt",
+    "FoldOpt",
+    "OutOpt",
+    "JsonOpt",
+    "WorkersOpt",
+    "DataOpt",
+    "LabelsOpt",
+    "LabelColsOpt",
+    "ImageColOpt",
+    "FoldsOpt",
+    "device_spec",
+    "split_columns",
+]
+
+
+@dataclass
+class CliState:
+    """Global options resolved by the app callback (``ctx.obj``), read by the commands.
+
+    Attributes:
+        device: The global ``--device`` (None: not given).
+        config: The ``--config`` file, if any.
+        config_data: Its parsed tables.
+    """
+
+    device: str | None = None
+    config: Path | None = None
+    config_data: dict[str, Any] = field(default_factory=dict)
+
 
 DeviceOpt = Annotated[
     str | None,
@@ -23,18 +61,53 @@ FoldOpt = Annotated[
     typer.Option("--fold", help="Validation fold: an integer, or 'all' to train every fold.", envvar="MEDKIT_FOLD"),
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output path (file or folder).", envvar="MEDKIT_OUT")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print results as JSON on stdout.", envvar=None)]
 WorkersOpt = Annotated[
     int | None,
-    typer.Option("--workers", "-j", help="Worker processes (default: every core).", envvar="MEDKIT_WORKERS", min=0),
+    typer.Option(
+        "--workers",
+        "-j",
+        help="Processes decoding files (default: every core; 0 = in this process).",
+        envvar="MEDKIT_WORKERS",
+        min=0,
+    ),
 ]
-QuietOpt = Annotated[
-    bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.", envvar="MEDKIT_QUIET")
+DataOpt = Annotated[
+    Path,
+    typer.Option("--data", help="Image folder (paths in the table are relative to it), or a MedMNIST .npz."),
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option("--labels", "-l", help="Dataset table (CSV, TSV, parquet), one row per image.", dir_okay=False),
+]
+LabelColsOpt = Annotated[
+    str | None,
+    typer.Option("--label-cols", help="Comma-separated label columns of the table (default: detected)."),
+]
+ImageColOpt = Annotated[
+    str | None,
+    typer.Option("--image-col", help="Image path/id column of the table (default: detected)."),
+]
+FoldsOpt = Annotated[
+    Path | None,
+    typer.Option("--folds", help="Fold table from `medkit split` (joined on the image column).", dir_okay=False),
 ]
 
 
-def device_spec(local: str | None) -> str:
+def _state(ctx: typer.Context | None) -> CliState:
+    root = ctx.find_root() if ctx is not None else None
+    obj = getattr(root, "obj", None)
+    return obj if isinstance(obj, CliState) else CliState()
+
+
+def device_spec(ctx: typer.Context | None, local: str | None) -> str:
     """The device spec in force: the command's own ``--device``, else the global one, else ``auto``."""
-    from medkit.cli._state import STATE
+    return local or _state(ctx).device or "auto"
 
-    return local or STATE.get("device") or "auto"
+
+def split_columns(text: str | None) -> tuple[str, ...] | None:
+    """``"a, b"`` -> ``("a", "b")`` (None stays None): how every ``--label-cols`` value is read."""
+    if text is None:
+        return None
+    cols = tuple(c.strip() for c in text.split(",") if c.strip())
+    return cols or None

@@ -55,7 +55,7 @@ def audit(
 ) -> None:
     """Find unreadable, blank and duplicate images, label conflicts, leakage and header problems."""
     from medkit.console import Progress, info, print_json
-    from medkit.data.audit import Thresholds, parse_kinds, run_audit, write_outputs
+    from medkit.audit import Thresholds, parse_kinds, run_audit, write_outputs
 
     kinds = parse_kinds(fail_on)
     cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
@@ -98,7 +98,7 @@ def _print_summary(report: Any, kinds: tuple[str, ...]) -> None:
     from rich.table import Table
 
     from medkit.console import out
-    from medkit.data.audit import KINDS
+    from medkit.audit import KINDS
 
     d = report.to_dict(kinds, max_findings=0)
     table = Table(title=f"medkit audit: {d['files']} files under {report.root} ({d['readable']} readable)")

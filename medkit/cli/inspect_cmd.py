@@ -18,7 +18,7 @@ _CT_WINDOWS = "brain,subdural,soft_tissue"
 def _describe(path: Path, windows: list[str] | None) -> dict[str, Any]:
     import numpy as np
 
-    from medkit.data.readers import detect_reader, read_image, tiff_pages
+    from medkit.io.readers import detect_reader, read_image, tiff_pages
 
     row: dict[str, Any] = {"file": str(path), "reader": None, "shape": None, "dtype": None, "min": None, "max": None}
     name = detect_reader(path)
@@ -26,7 +26,7 @@ def _describe(path: Path, windows: list[str] | None) -> dict[str, Any]:
     if name == "tiff":
         row["pages"] = [{"shape": list(shape), "dtype": dtype} for shape, dtype in tiff_pages(path)]
     if name == "npz":
-        from medkit.data.readers import ImageReadError, load_medmnist
+        from medkit.io.readers import ImageReadError, load_medmnist
 
         try:
             data = load_medmnist(path)
@@ -54,7 +54,7 @@ def _describe(path: Path, windows: list[str] | None) -> dict[str, Any]:
     if name == "dicom":
         import pydicom
 
-        from medkit.data.dicom import dicom_windows, file_window, header_mapping
+        from medkit.io.dicom import dicom_windows, file_window, header_mapping
 
         ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         header = dict(header_mapping(ds))
@@ -113,7 +113,7 @@ def inspect(
     Exit code 1 when any file could not be read.
     """
     from medkit.console import error, progress
-    from medkit.data.dicom import parse_windows
+    from medkit.io.dicom import parse_windows
     from medkit.errors import MedkitError
 
     names = parse_windows(window) if window else None

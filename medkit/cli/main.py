@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from medkit import __version__
 from medkit.cli import audit, inspect_cmd, list_cmd, split, tile, train
-from medkit.cli._state import STATE
+from medkit.cli._options import CliState
 from medkit.console import error, set_verbosity
 from medkit.device import DEVICE_HELP
 from medkit.errors import MedkitError
@@ -34,8 +34,44 @@ from medkit.errors import MedkitError
 __all__ = ["app", "run"]
 
 
+_NO_ENV = {"help", "version", "install_completion", "show_completion"}
+
+
+def _name_env_vars(params: list[Any], prefix: str) -> None:
+    """Give every option an environment variable named after its flag: ``MEDKIT_TRAIN_COMPILE`` for ``--compile``.
+
+    Click would name it after the Python parameter (``compile_`` -> ``MEDKIT_TRAIN_COMPILE_``). Options that are
+    not settings (``--help``, ``--version``, completion) get none, so a ``MEDKIT_VERSION`` set for another reason
+    cannot turn every command into "print the version".
+    """
+    for param in params:
+        if param.param_type_name != "option":
+            continue
+        if param.name in _NO_ENV:
+            param.allow_from_autoenv = False
+            param.envvar = None
+            continue
+        if param.envvar:
+            continue
+        longs = [o for o in param.opts if o.startswith("--")]
+        if longs:
+            param.envvar = f"{prefix}_{longs[0][2:].replace('-', '_').upper()}"
+
+
+class MedkitCommand(TyperCommand):
+    """A medkit subcommand: environment variables named after the flags (see `_name_env_vars`)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_env_vars(self.params, f"MEDKIT_{(self.name or '').upper().replace('-', '_')}")
+
+
 class MedkitGroup(TyperGroup):
     """Turns typed errors into a message + exit code, and Ctrl-C into exit 130."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _name_env_vars(self.params, "MEDKIT")
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -135,7 +171,8 @@ def main(
             quiet = bool(data["quiet"])
         if unset("verbose") and "verbose" in data:
             verbose = int(data["verbose"])
-    STATE.update(device=device, config=config, config_data=data)
+    state = ctx.ensure_object(CliState)
+    state.device, state.config, state.config_data = device, config, data
     set_verbosity(quiet=quiet, verbose=verbose)
 
 
@@ -172,13 +209,13 @@ def _command_defaults(ctx: typer.Context, path: Path, data: dict[str, Any]) -> d
     return out
 
 
-app.command("list")(list_cmd.list_entries)
-app.command("plugins")(list_cmd.plugins)
-app.command("inspect")(inspect_cmd.inspect)
-app.command("audit")(audit.audit)
-app.command("split")(split.split)
-app.command("tile")(tile.tile)
-app.command("train")(train.train)
+app.command("list", cls=MedkitCommand)(list_cmd.list_entries)
+app.command("plugins", cls=MedkitCommand)(list_cmd.plugins)
+app.command("inspect", cls=MedkitCommand)(inspect_cmd.inspect)
+app.command("audit", cls=MedkitCommand)(audit.audit)
+app.command("split", cls=MedkitCommand)(split.split)
+app.command("tile", cls=MedkitCommand)(tile.tile)
+app.command("train", cls=MedkitCommand)(train.train)
 
 
 def run() -> None:

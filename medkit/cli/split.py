@@ -39,7 +39,7 @@ def _need(df: Any, columns: list[str], role: str, table: Path) -> None:
 def _report(result: Any, out_path: Path | None, table: Path, info_extra: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
 
-    from medkit.data.splits import max_deviation, prevalence_table
+    from medkit.split import max_deviation, prevalence_table
 
     k = len(result.fold_names)
     sizes = np.bincount(result.fold, minlength=k)
@@ -195,7 +195,7 @@ def split(
 
     import numpy as np
 
-    from medkit.data.splits import expand_separated, joint_parts, looks_like_rsna_long, parse_holdout, split_table
+    from medkit.split import expand_separated, joint_parts, looks_like_rsna_long, parse_holdout, split_table
     from medkit.data.table import detect_spec, from_rsna_long, load_table, save_table
 
     start = time.perf_counter()
@@ -231,7 +231,7 @@ def split(
     skipped: list[str] = []
     if not label_cols and (labels == "auto" or (labels is None and not labels_from)):
         # Auto labels: the detected numeric label columns, minus anything used as group, strata or the split itself.
-        from medkit.data.splits import label_matrix
+        from medkit.split import label_matrix
 
         used = {group_col, spec.fold, spec.split, *(part for c in strata_cols for part in joint_parts(c))}
         # A constant column (all 0, all True) has nothing to balance.

@@ -35,7 +35,7 @@ def _parse_mosaic(text: str | None, n: int) -> tuple[int, int] | None:
 def _attach_labels(frame: Any, labels_path: Path) -> tuple[Any, list[str], list[str]]:
     """Left-join the label table on slide id; returns the frame, the label columns and the slides without labels."""
     from medkit.data.table import load_table
-    from medkit.data.tiles import slide_id_of
+    from medkit.tile import slide_id_of
 
     labels = load_table(labels_path)
     id_col = next((c for c in _ID_COLUMNS if c in labels.columns), None)
@@ -119,9 +119,9 @@ def tile(
     """
     import pandas as pd
 
-    from medkit.data.slide import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES
+    from medkit.io.slide import OPENSLIDE_SUFFIXES, SLIDE_SUFFIXES
     from medkit.data.table import save_table
-    from medkit.data.tiles import FORMATS, TISSUE_METHODS, TileOptions, collect_slides, slide_id_of, tile_slide
+    from medkit.tile import FORMATS, TISSUE_METHODS, TileOptions, collect_slides, slide_id_of, tile_slide
 
     if out_dir is None:
         raise UsageError("medkit tile needs an output folder", hint="add --out DIR")

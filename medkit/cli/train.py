@@ -63,6 +63,7 @@ def _argv_without_gpus(argv: list[str]) -> list[str]:
 
 
 def train(
+    ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Task preset: ct, cxr, wsi, scan, binary, multiclass, multilabel.")],
     data: Annotated[Path, typer.Option("--data", help="Image folder, or a MedMNIST .npz (uses its splits).")],
     labels: Annotated[
@@ -291,7 +292,7 @@ def train(
         image_col=image_col,
         pretrained=pretrained,
         weights=str(weights) if weights else None,
-        device=device_spec(device),
+        device=device_spec(ctx, device),
         amp=amp_dtype if amp else "off",
         compile=compile_,
         ema=ema,

@@ -17,7 +17,7 @@ Image + mask: with ``masks`` (image file -> mask file) the mask becomes one more
 (PANDA-style 4-channel tile mosaics). It is read as the label values themselves (first channel of an RGB mask) and
 resized with INTER_NEAREST, so no new label values appear; an image without a mask gets a channel of zeros.
 
-CT windows on DICOM files take `medkit.data.dicom.dicom_windows` (one lookup table per window on the stored
+CT windows on DICOM files take `medkit.io.dicom.dicom_windows` (one lookup table per window on the stored
 values instead of float Hounsfield units: faster, and MONOCHROME1 windows are applied before the inversion).
 
 This module imports numpy and (inside functions) cv2 and the readers; it does not import torch.
@@ -206,7 +206,7 @@ class Preprocess:
         Raises:
             DataError: When the file cannot be read or its content does not fit the parameters.
         """
-        from medkit.data.readers import detect_reader, read_image
+        from medkit.io.readers import detect_reader, read_image
 
         out = None
         if self.windows and detect_reader(path) == "dicom":
@@ -232,7 +232,7 @@ class Preprocess:
 
     def _dicom_windows(self, path: str | os.PathLike[str]) -> np.ndarray:
         """CT windows of a DICOM file at its own size, through the lookup-table path of `dicom_windows`."""
-        from medkit.data.dicom import dicom_windows
+        from medkit.io.dicom import dicom_windows
 
         out = dicom_windows(path, list(self.windows or ()))
         if out.ndim != 3:
@@ -248,7 +248,7 @@ class Preprocess:
         Raises:
             DataError: When the mask file cannot be read or holds labels above 255.
         """
-        from medkit.data.readers import read_image
+        from medkit.io.readers import read_image
 
         oh, ow = self.out_hw
         mask_path = self._mask_of.get(os.path.abspath(path))
@@ -299,7 +299,7 @@ class Preprocess:
                     f"CT windows need a single-channel image in Hounsfield units, got shape {img.shape}",
                     hint="drop --windows for RGB images, or check that the file is a CT slice",
                 )
-            from medkit.data.dicom import multi_window
+            from medkit.io.dicom import multi_window
 
             out = multi_window(img.astype(np.float32, copy=False), list(self.windows), ds=ds)
         else:

@@ -261,7 +261,7 @@ def medmnist_image_size(path: str | os.PathLike[str]) -> int | None:
 
 def _medmnist(task: Any, path: Path) -> TrainData:
     from medkit.data.pipeline import ArraySource, Preprocess
-    from medkit.data.readers import load_medmnist
+    from medkit.io.readers import load_medmnist
 
     splits = load_medmnist(path)
     if "train" not in splits or "val" not in splits:

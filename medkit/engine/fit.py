@@ -20,15 +20,9 @@ from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from medkit.engine.ddp import DistInfo, barrier, dist_info, gather_arrays
 from medkit.engine.loop import EpochState, StepContext, evaluate, targets_to_ordinal, train_one_epoch
 from medkit.engine.run import RunDir, draw_curves, read_metrics, write_metrics, write_oof
-from medkit.errors import DataError, MedkitError, UsageError
+from medkit.errors import DataError, Interrupted, UsageError
 
 __all__ = ["TrainConfig", "FitResult", "fit", "fit_folds", "profile_steps", "Interrupted"]
-
-
-class Interrupted(MedkitError):
-    """Training stopped before the end (``--max-steps`` or Ctrl-C); ``last.pt`` holds the state to resume."""
-
-    exit_code = 130
 
 
 @dataclass

@@ -30,7 +30,7 @@ class Task:
         labels: Default label columns (empty: detected from the table).
         num_classes: Classes for ``multiclass``, grades for ``ordinal`` (0: counted from the data).
         in_chans: Image channels the model sees (1 gray, 3 RGB or CT windows, 4 image + mask).
-        windows: CT window names (medkit.data.dicom.WINDOWS) stacked as channels; empty for non-CT data.
+        windows: CT window names (medkit.io.dicom.WINDOWS) stacked as channels; empty for non-CT data.
         img_size: Training image size (square).
         model: MODELS name.
         heads: ``single`` (one linear head) or ``groups`` (one head per label group).

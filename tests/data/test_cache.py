@@ -190,7 +190,7 @@ def test_dicom_ct_cache_with_windows(tmp_path: Path) -> None:
     pydicom = pytest.importorskip("pydicom")
     from _factories import write_dicom
 
-    from medkit.data.dicom import multi_window
+    from medkit.io.dicom import multi_window
 
     paths = []
     rng = np.random.default_rng(0)

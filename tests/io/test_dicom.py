@@ -14,8 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
-from medkit.data import dicom as D
-from medkit.data.readers import ImageReadError, read_image
+from medkit.io import dicom as D
+from medkit.io.readers import ImageReadError, read_image
 from medkit.errors import DataError, UnknownNameError
 
 

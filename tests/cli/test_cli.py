@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medkit import __version__
-from medkit.cli._state import STATE
+from medkit.cli._options import CliState
 from medkit.cli.main import app
 
 runner = CliRunner()
@@ -103,10 +103,10 @@ def test_device_precedence_flag_env_config_default(tmp_path: Path, monkeypatch: 
     cfg.write_text('device = "cuda:3"\n')
 
     def device_after(args: list[str]) -> str | None:
-        STATE["device"] = "unset"
-        result = runner.invoke(app, [*args, "list", "--json"])
+        state = CliState(device="unset")
+        result = runner.invoke(app, [*args, "list", "--json"], obj=state)
         assert result.exit_code == 0, result.stderr
-        return STATE["device"]
+        return state.device
 
     assert device_after([]) is None  # default: commands fall back to auto
     assert device_after(["--config", str(cfg)]) == "cuda:3"
@@ -123,7 +123,7 @@ def test_command_option_precedence_via_config_table(tmp_path: Path, monkeypatch:
     assert result.exit_code == 0
     assert isinstance(json.loads(result.stdout), list)
     # the environment variable beats the config file
-    monkeypatch.setenv("MEDKIT_LIST_JSON_OUT", "0")
+    monkeypatch.setenv("MEDKIT_LIST_JSON", "0")
     result = runner.invoke(app, ["--config", str(cfg), "list"])
     assert result.exit_code == 0
     with pytest.raises(json.JSONDecodeError):
@@ -154,7 +154,7 @@ def test_help_does_not_import_heavy_libraries() -> None:
         "    assert CliRunner().invoke(app, [sub, '--help']).exit_code == 0, sub\n"
         "print(','.join(m for m in ('torch', 'timm', 'cv2', 'sklearn', 'pydicom', 'pandas') if m in sys.modules))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "", f"--help imported: {proc.stdout.strip()}"

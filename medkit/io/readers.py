@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from medkit.errors import DataError, UsageError
+from medkit.errors import DataError, ImageReadError, UsageError
 from medkit.registries import READERS
 
 __all__ = [
@@ -43,10 +43,6 @@ __all__ = [
 MAX_PIXELS = 1 << 28
 
 _TILE_HINT = "cut whole-slide images into tiles with `medkit tile`, or pass page=N to read a smaller level"
-
-
-class ImageReadError(DataError):
-    """A file that cannot be read as an image (empty, truncated, unsupported or too large)."""
 
 
 # ---------------------------------------------------------------------------------------------- detection
@@ -379,7 +375,7 @@ def read_npz(
                 else:
                     hint = "pass key=NAME"
                     if any(k.endswith("_images") for k in keys):
-                        hint += "; for a MedMNIST file use medkit.data.readers.load_medmnist(path)"
+                        hint += "; for a MedMNIST file use medkit.io.readers.load_medmnist(path)"
                     raise ImageReadError(f"{path}: archive holds several arrays ({', '.join(keys)})", hint=hint)
             if key not in npz.files:
                 raise ImageReadError(f"{path}: no array '{key}' (arrays: {', '.join(keys)})", hint="pass one of these")
@@ -468,13 +464,13 @@ def read_dicom_image(
         path: The file.
         frame: Read this one frame of a multi-frame file.
         invert_monochrome1: Invert MONOCHROME1 images so that bright means dense, as for MONOCHROME2.
-        fix_intercept: Correct the 12-bit RescaleIntercept defect of some head CT scanners (see medkit.data.dicom).
+        fix_intercept: Correct the 12-bit RescaleIntercept defect of some head CT scanners (see medkit.io.dicom).
         max_pixels: Refuse images with more pixels (all frames) than this (None: no limit).
 
     Returns:
         float32 (H, W), (frames, H, W), or (H, W, 3) / (frames, H, W, 3) for colour files.
     """
-    from medkit.data.dicom import read_dicom
+    from medkit.io.dicom import read_dicom
 
     return read_dicom(
         path, frame=frame, invert_monochrome1=invert_monochrome1, fix_intercept=fix_intercept, max_pixels=max_pixels

@@ -16,7 +16,7 @@ below ``min_tissue`` are not taken; a slide with fewer eligible tiles than N is 
 
 Scores are exact integer sums computed on the unpadded level without the padded, transposed copy that
 ``get_tiles`` makes; a level larger than ``max_level_bytes`` is scored band by band through
-`medkit.data.slide.Slide.read_region`, so level 0 of a gigapixel slide is never held in memory.
+`medkit.io.slide.Slide.read_region`, so level 0 of a gigapixel slide is never held in memory.
 
 Per slide, `tile_slide` writes (all atomically, the index first and the done marker last)::
 
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from medkit._io import atomic_write, write_json
-from medkit.data.slide import Slide, choose_level, open_slide
+from medkit.io.slide import Slide, choose_level, open_slide
 from medkit.errors import DataError, UsageError
 
 __all__ = [

@@ -17,8 +17,8 @@ import numpy as np
 
 # Imported here, in the parent, before the pool forks: the workers inherit OpenCV and the readers instead of each
 # importing them again (about 50 ms of CPU per worker).
-from medkit.data import readers
-from medkit.data.phash import phash64_small, resize32
+from medkit.io import readers
+from medkit.audit.phash import phash64_small, resize32
 from medkit.errors import MedkitError
 
 __all__ = [
@@ -200,7 +200,7 @@ def _dicom_fields(path: Path) -> dict[str, Any]:
         z = None
     wc, nwc = window("WindowCenter")
     ww, nww = window("WindowWidth")
-    from medkit.data.dicom import has_intercept_defect
+    from medkit.io.dicom import has_intercept_defect
 
     return {
         "raw_range": _raw_words_range(ds),
@@ -293,7 +293,7 @@ def init_worker() -> None:
 
 
 def _read_cv2_fast(path: str) -> np.ndarray | None:
-    """A PNG or JPEG decoded as `medkit.data.readers` returns it (RGB order), or None to let the reader decide.
+    """A PNG or JPEG decoded as `medkit.io.readers` returns it (RGB order), or None to let the reader decide.
 
     The reader re-checks what the audit already knows (the file exists, is not empty, has a known suffix);
     skipping that saves about 5% of the per-file time on small images. Anything out of the ordinary (an undecodable

@@ -14,8 +14,8 @@ import tifffile
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
-from medkit.data.slide import TiffSlide, choose_level, open_slide
-from medkit.data.tiles import (
+from medkit.io.slide import TiffSlide, choose_level, open_slide
+from medkit.tile import (
     TileOptions,
     make_grid,
     make_mosaic,
@@ -191,7 +191,7 @@ def test_ties_are_broken_by_position() -> None:
 def test_threaded_read_and_banded_scoring_match(
     tmp_path: Path, size: int, method: str, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("medkit.data.tiles.THREADED_MIN_PIXELS", 0)  # thread even this small level
+    monkeypatch.setattr("medkit.tile.THREADED_MIN_PIXELS", 0)  # thread even this small level
     img, _ = planted(seed=3)
     img[100:140, 10:50] = (200, 80, 160)  # some saturated tissue for the otsu rule
     path = write_pyramid(tmp_path / "b.tiff", img)  # TIFF tiles of 32 px: misaligned with grids of 40 or 24 px

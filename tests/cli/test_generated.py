@@ -6,7 +6,7 @@ from pathlib import Path
 
 from medkit.cli._generate import cli_markdown, completion_scripts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIX = "run `python -m medkit.cli._generate` and commit the result"
 
 

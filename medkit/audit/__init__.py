@@ -1,6 +1,6 @@
 """`medkit audit`: find what is wrong with an image folder and its label table before training on it.
 
-The audit reads every image once in a process pool (`medkit.data._audit_scan.summarize_file` returns a small
+The audit reads every image once in a process pool (`medkit.audit._scan.summarize_file` returns a small
 summary per file, never the pixels), then works on the summaries alone:
 
 - intensity: blank / near-constant images (on the file's real bit depth; CT slices of air or padding), dark and
@@ -254,7 +254,7 @@ def _expand_archives(
     Returns:
         ``(names, items, labels, label_columns)``.
     """
-    from medkit.data._audit_scan import _ARCHIVES
+    from medkit.audit._scan import _ARCHIVES
 
     names: list[str] = []
     items: list[str | tuple[str, str, int]] = []
@@ -298,7 +298,7 @@ def _expand_archives(
 
 def _release_archives() -> None:
     """Drop the archive arrays loaded for a scan (contact sheets load the ones they show again)."""
-    from medkit.data._audit_scan import _ARCHIVES
+    from medkit.audit._scan import _ARCHIVES
 
     _ARCHIVES.clear()
 
@@ -323,7 +323,7 @@ def scan(
 
     An item ``(archive, key, index)`` is image ``index`` of array ``key`` in a .npz archive.
     """
-    from medkit.data._audit_scan import init_worker, summarize_chunk
+    from medkit.audit._scan import init_worker, summarize_chunk
 
     strs = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
     n_workers = (os.cpu_count() or 1) if workers is None else workers
@@ -497,7 +497,7 @@ def _duplicate_clusters(
     records: Sequence[dict[str, Any]], threshold: int, min_corr: float = 0.99
 ) -> tuple[np.ndarray, np.ndarray]:
     """(near cluster, exact cluster) label per file; unreadable files get clusters of their own."""
-    from medkit.data.phash import clusters, near_pairs
+    from medkit.audit.phash import clusters, near_pairs
 
     n = len(records)
     ok = [k for k, r in enumerate(records) if r.get("ok")]
@@ -539,7 +539,7 @@ def _duplicate_clusters(
 def _duplicate_findings(
     files: Sequence[str], records: Sequence[dict[str, Any]], near: np.ndarray, exact: np.ndarray
 ) -> list[Finding]:
-    from medkit.data.phash import hamming
+    from medkit.audit.phash import hamming
 
     findings: list[Finding] = []
     for cid, members in _groups(exact).items():
@@ -1195,8 +1195,8 @@ def _thumb(root: Path, rel: str, rec: dict[str, Any], size: int) -> np.ndarray:
     """A uint8 (size, size) display of an image on the scale it was judged on (dark stays dark)."""
     import cv2
 
-    from medkit.data._audit_scan import archive_array
-    from medkit.data.readers import read_image
+    from medkit.audit._scan import archive_array
+    from medkit.io.readers import read_image
 
     tile = np.full((size, size), 40, dtype=np.uint8)
     try:

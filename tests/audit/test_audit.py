@@ -14,8 +14,8 @@ from _factories import write_dicom as make_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
-from medkit.data import audit as A
-from medkit.data.phash import clusters, hamming, near_pairs, phash64
+import medkit.audit as A
+from medkit.audit.phash import clusters, hamming, near_pairs, phash64
 
 # ---------------------------------------------------------------------------------------------- synthetic data
 
@@ -383,7 +383,7 @@ def test_pool_matches_in_process(dataset: dict, report: A.AuditReport) -> None:
     [np.uint8, np.uint16, np.bool_, np.float32, np.int16],
 )
 def test_level_stats_match_plain_numpy(dtype: type) -> None:
-    from medkit.data._audit_scan import _level_stats
+    from medkit.audit._scan import _level_stats
 
     rng = np.random.default_rng(3)
     if dtype is np.bool_:
@@ -419,8 +419,8 @@ def test_level_stats_match_plain_numpy(dtype: type) -> None:
 
 def test_summary_of_a_png_or_jpeg_equals_the_reader_path(tmp_path: Path) -> None:
     """The worker decodes PNG/JPEG itself; its summary must be the one of what `read_image` returns."""
-    from medkit.data._audit_scan import summarize_array, summarize_file
-    from medkit.data.readers import read_image
+    from medkit.audit._scan import summarize_array, summarize_file
+    from medkit.io.readers import read_image
 
     g = natural(11, (40, 56))
     images = {

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
-from medkit.data.splits import (
+from medkit.split import (
     assign_units,
     build_units,
     expand_separated,

@@ -265,8 +265,8 @@ WINDOWS = ("brain", "subdural", "soft_tissue", "dicom")
 def test_dicom_windows_fast_path_equals_the_float_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
-    import medkit.data.dicom as dicom
-    from medkit.data.readers import read_image
+    import medkit.io.dicom as dicom
+    from medkit.io.readers import read_image
 
     rng = np.random.default_rng(3)
     hu = rng.integers(-1024, 2000, (40, 40)).astype(np.int16)
@@ -295,7 +295,7 @@ def test_dicom_windows_fast_path_equals_the_float_path(
 
 
 def test_dicom_windows_monochrome1_are_windowed_before_the_inversion(tmp_path: Path) -> None:
-    import medkit.data.dicom as dicom
+    import medkit.io.dicom as dicom
 
     hu = np.linspace(-100, 200, 32 * 32).reshape(32, 32).astype(np.int16)
     path = _ct_dicom(tmp_path / "m1.dcm", hu, photometric="MONOCHROME1")
@@ -309,7 +309,7 @@ def test_windows_on_png_still_take_the_array_path(tmp_path: Path) -> None:
     img = np.arange(64, dtype=np.uint8).reshape(8, 8)
     cv2.imwrite(str(tmp_path / "a.png"), img)
     out = Preprocess(size=8, windows=((30.0, 20.0),))(tmp_path / "a.png")
-    from medkit.data.dicom import window
+    from medkit.io.dicom import window
 
     np.testing.assert_array_equal(out[..., 0], window(img.astype(np.float32), 30.0, 20.0))
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medkit.data.readers import MAX_PIXELS, ImageReadError
+from medkit.io.readers import MAX_PIXELS, ImageReadError
 
 __all__ = [
     "WINDOWS",
@@ -476,7 +476,7 @@ def _values(
     max_pixels: int | None,
 ) -> np.ndarray:
     if max_pixels is not None and m.rows * m.cols * (1 if frame is not None else m.frames) > max_pixels:
-        from medkit.data.readers import _check_pixels
+        from medkit.io.readers import _check_pixels
 
         _check_pixels(path, (m.frames, m.rows, m.cols), max_pixels)
     arr = _pixel_array(ds, path)
