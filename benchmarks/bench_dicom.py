@@ -22,7 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-WINDOWS = ((40.0, 80.0), (80.0, 200.0), (40.0, 380.0))  # brain, subdural, soft tissue
+from medkit.io.windows import WINDOWS as PRESETS
+
+NAMES = ("brain", "subdural", "soft_tissue")
+WINDOWS = tuple(PRESETS[name] for name in NAMES)  # (center, width) pairs for the naive implementation
 
 
 def phantom(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -82,7 +85,7 @@ def fast(path: Path) -> np.ndarray:
     """medkit.io.dicom.dicom_windows (lookup table on the stored values)."""
     from medkit.io.dicom import dicom_windows
 
-    return dicom_windows(path, ("brain", "subdural", "soft_tissue"))
+    return dicom_windows(path, NAMES)
 
 
 def timed(impls: dict[str, Callable[[Path], np.ndarray]], paths: list[Path], repeat: int) -> dict[str, tuple]:

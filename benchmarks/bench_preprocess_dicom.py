@@ -2,7 +2,7 @@
 
 The float path is what `Preprocess` did before: ``read_image`` (float32 Hounsfield units) then ``multi_window``
 and the resize. The table path windows the stored 16-bit values through one 65536-entry table per window. Both give
-the same pixels on MONOCHROME2 files (tests/test_pipeline.py checks it); this script times them side by side on
+the same pixels on MONOCHROME2 files (tests/data/test_pipeline.py checks it); this script times them side by side on
 synthetic 512x512 int16 CT slices and prints the ratio.
 
 Run by hand (not a test)::

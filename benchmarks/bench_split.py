@@ -45,7 +45,7 @@ def main() -> None:
     """Time each splitter on the NIH table and print one row per method."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", default=DEFAULT_TABLE)
-    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--n-folds", "-k", type=int, default=5, help="number of folds (as `medkit split --n-folds`)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--rows", type=int, default=0, help="use only the first N rows (0 = all)")
     ap.add_argument("--repeat", type=int, default=2, help="runs per method; the fastest is reported")
@@ -58,7 +58,7 @@ def main() -> None:
     y_df = expand_separated(df["Finding Labels"])
     y = y_df.to_numpy().astype(np.int64)
     patients = df["Patient ID"].to_numpy()
-    n, k = len(df), args.folds
+    n, k = len(df), args.n_folds
     rarest = str(y_df.columns[int(np.argmin(y.sum(axis=0)))])
     print(
         f"{Path(args.table).name}: {n} images, {len(np.unique(patients))} patients, {y.shape[1]} labels "

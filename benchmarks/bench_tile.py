@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medkit.parallel import pool_size, usable_cores
+
 
 def make_slide(path: Path, height: int, width: int, seed: int) -> None:
     """Write a JPEG-tiled 3-level pyramidal TIFF with textured tissue blobs (level 1 = height x width)."""
@@ -127,8 +129,8 @@ def main() -> None:
         cases.append((args.svs.name + " L0", args.svs, 0, args.size))
         cases.append((args.svs.name + " L1", args.svs, 1, 128))
 
-    threads = min(4, os.cpu_count() or 1)
-    print(f"cpu cores: {os.cpu_count()}  load average: {os.getloadavg()[0]:.1f}  repeat: {args.repeat} (median)")
+    threads = min(4, usable_cores())
+    print(f"cpu cores: {usable_cores()}  load average: {os.getloadavg()[0]:.1f}  repeat: {args.repeat} (median)")
     print(f"n={args.n}; wall seconds; 'read' = tifffile decode of the level alone, which both sides pay.")
     print(f"base: classic get_tiles, decoded with tifffile's default threads (TIFF.MAXWORKERS = {_maxworkers()});")
     print(f"base{threads}: the same with {threads} decode threads; mk1 / mk{threads}: medkit, 1 / {threads} threads.")
@@ -179,7 +181,8 @@ def folder(cases: list[tuple[str, Path, int, int]], n: int, repeat: int) -> None
     """
     import multiprocessing as mp
 
-    workers = os.cpu_count() or 1
+    # What `medkit tile` starts: one process per usable core, at most one per slide.
+    workers = pool_size(None, len(cases))
     ctx = mp.get_context("fork")
 
     def loop(side: str) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -19,7 +19,7 @@ echo "== 1b. audit the shipped BreastMNIST archive image by image: its published
 medkit audit examples/data/breastmnist.npz --out "$OUT/audit-breastmnist" || [ $? -eq 1 ]
 
 echo "== 2. split: 5 folds by patient, labels balanced, duplicate clusters kept whole" >&2
-medkit split "$OUT/audit/labels_clean.csv" --folds 5 --group patient_id \
+medkit split "$OUT/audit/labels_clean.csv" --n-folds 5 --group patient_id \
   --duplicates "$OUT/audit/duplicates.csv" --out "$OUT/folds.csv"
 
 echo "== 3. train: chest X-ray task (14 labels), ResNet-18 at 64 px, validation on fold 0" >&2

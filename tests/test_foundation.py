@@ -199,3 +199,32 @@ def test_disabled_progress_prints_nothing(monkeypatch: pytest.MonkeyPatch) -> No
         bar.update(2)
     assert bar.completed == 2
     assert buf.getvalue() == ""
+
+
+def test_competition_knowledge_lives_in_competitions() -> None:
+    import subprocess
+    import sys
+
+    from medkit.competitions import panda, ranzcr, rsna
+    from medkit.registries import COMPETITIONS
+
+    # medkit.data.table re-exports the converters and constants; there is one definition of each.
+    assert tb.from_rsna_long is rsna.from_rsna_long and tb.RSNA_SUBTYPES is rsna.RSNA_SUBTYPES
+    assert tb.from_ranzcr is ranzcr.from_ranzcr and tb.RANZCR_GROUPS is ranzcr.RANZCR_GROUPS
+    assert tb.from_panda is panda.from_panda
+    assert COMPETITIONS.create("rsna-intracranial-hemorrhage-detection").target_columns == rsna.RSNA_SUBTYPES
+    assert COMPETITIONS.create("ranzcr").label_groups == ranzcr.RANZCR_GROUPS
+    assert COMPETITIONS.create("prostate-cancer-grade-assessment").metric == "qwk"
+    code = "import sys, medkit.competitions; print([m for m in ('pandas', 'numpy', 'torch') if m in sys.modules])"
+    heavy = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert heavy == "[]"
+
+
+def test_missing_column_suggests_the_closest() -> None:
+    df = pd.DataFrame({"image": ["a"], "Effusion": [1], "patient_id": ["p"]})
+    with pytest.raises(DataError, match=r"label column 'effusion' is not in the table \(did you mean 'Effusion'\?\)"):
+        tb.require_columns(df.columns, ["effusion"], "label")
+    with pytest.raises(DataError, match=r"t.csv: group column 'patient' .*\(did you mean 'patient_id'\?\)") as info:
+        tb.require_columns(df.columns, ["image", "patient"], "group", "t.csv")
+    assert "columns are: image, Effusion, patient_id" in (info.value.hint or "")
+    tb.require_columns(df.columns, ["image", "Effusion"], "label")

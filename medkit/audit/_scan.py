@@ -15,11 +15,12 @@ from typing import Any
 import cv2
 import numpy as np
 
+from medkit.audit.phash import phash64_small, resize32
+from medkit.errors import MedkitError
+
 # Imported here, in the parent, before the pool forks: the workers inherit OpenCV and the readers instead of each
 # importing them again (about 50 ms of CPU per worker).
 from medkit.io import readers
-from medkit.audit.phash import phash64_small, resize32
-from medkit.errors import MedkitError
 
 __all__ = [
     "summarize_file",

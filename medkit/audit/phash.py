@@ -16,6 +16,7 @@ import numpy as np
 __all__ = ["phash64", "phash64_small", "resize32", "hamming", "band_slices", "near_pairs", "clusters"]
 
 _MAX_PAIRS_PER_BLOCK = 4_000_000
+_Pairs = tuple[np.ndarray, np.ndarray, np.ndarray]  # (i, j, distance) of some pairs
 _POPCOUNT8 = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
 
 
@@ -129,6 +130,21 @@ def near_pairs(
         raise ValueError(f"threshold must be in 0..63, got {threshold}")
     uniq, inverse = np.unique(h, return_inverse=True)
     inverse = inverse.ravel()
+    ua, ub = _distinct_pairs(uniq, threshold)
+    counts = np.bincount(inverse, minlength=len(uniq))
+    members = _members(inverse, len(uniq))
+    parts = _identical_pairs(members, counts, max_group)
+    if len(ua):
+        parts += _expand_pairs(uniq, ua, ub, counts, members, max_group)
+    if not parts:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty, empty
+    i, j, d = (np.concatenate(x) for x in zip(*parts, strict=True))
+    return i, j, d
+
+
+def _distinct_pairs(uniq: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``(a, b)``, ``a < b``, of distinct hashes within ``threshold``: multi-index hashing over bands."""
     ii: list[np.ndarray] = []
     jj: list[np.ndarray] = []
     if threshold > 0 and len(uniq) > 1:
@@ -141,50 +157,54 @@ def near_pairs(
                 ok = hamming(uniq[sa], uniq[sb]) <= threshold
                 ii.append(np.minimum(sa[ok], sb[ok]))
                 jj.append(np.maximum(sa[ok], sb[ok]))
-    # Pairs among distinct hashes, de-duplicated across bands, then expanded back to the original indices.
-    if ii:
-        ua = np.concatenate(ii)
-        ub = np.concatenate(jj)
-        code = np.unique(ua.astype(np.int64) * len(uniq) + ub)
-        ua, ub = code // len(uniq), code % len(uniq)
-    else:
-        ua = ub = np.empty(0, dtype=np.int64)
-    counts = np.bincount(inverse, minlength=len(uniq))
-    members = _members(inverse, len(uniq))
-    rep = np.array([m[0] for m in members], dtype=np.int64) if len(uniq) else np.empty(0, dtype=np.int64)
-    out_i: list[np.ndarray] = []
-    out_j: list[np.ndarray] = []
-    out_d: list[np.ndarray] = []
-    for u in np.flatnonzero(counts > 1).tolist():  # identical hashes: distance 0
+    if not ii:
+        empty = np.empty(0, dtype=np.int64)
+        return empty, empty
+    # A pair agreeing on several bands is found once per band: de-duplicate.
+    code = np.unique(np.concatenate(ii).astype(np.int64) * len(uniq) + np.concatenate(jj))
+    return code // len(uniq), code % len(uniq)
+
+
+def _identical_pairs(members: list[np.ndarray], counts: np.ndarray, max_group: int | None) -> list[_Pairs]:
+    """Pairs of original indices sharing one hash (distance 0): all pairs, or a star for a run over ``max_group``."""
+    out: list[_Pairs] = []
+    for u in np.flatnonzero(counts > 1).tolist():
         m = members[u]
         if max_group is not None and len(m) > max_group:
-            out_i.append(np.full(len(m) - 1, m[0]))
-            out_j.append(m[1:])
-            out_d.append(np.zeros(len(m) - 1, dtype=np.int64))
+            out.append((np.full(len(m) - 1, m[0]), m[1:], np.zeros(len(m) - 1, dtype=np.int64)))
             continue
         a, b = np.triu_indices(len(m), 1)
-        out_i.append(m[a])
-        out_j.append(m[b])
-        out_d.append(np.zeros(len(a), dtype=np.int64))
-    if len(ua):
-        dist = hamming(uniq[ua], uniq[ub])
-        single = (counts[ua] == 1) & (counts[ub] == 1)
-        ra, rb = rep[ua[single]], rep[ub[single]]
-        out_i.append(np.minimum(ra, rb))
-        out_j.append(np.maximum(ra, rb))
-        out_d.append(dist[single])
-        for a, b, d in zip(ua[~single].tolist(), ub[~single].tolist(), dist[~single].tolist(), strict=True):
-            ma, mb = members[a], members[b]
-            if max_group is not None and len(ma) * len(mb) > max_group:
-                ma, mb = ma[:1], mb[:1]
-            grid_a, grid_b = np.meshgrid(ma, mb, indexing="ij")
-            out_i.append(np.minimum(grid_a, grid_b).ravel())
-            out_j.append(np.maximum(grid_a, grid_b).ravel())
-            out_d.append(np.full(grid_a.size, d, dtype=np.int64))
-    if not out_i:
-        empty = np.empty(0, dtype=np.int64)
-        return empty, empty, empty
-    return np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
+        out.append((m[a], m[b], np.zeros(len(a), dtype=np.int64)))
+    return out
+
+
+def _expand_pairs(
+    uniq: np.ndarray,
+    ua: np.ndarray,
+    ub: np.ndarray,
+    counts: np.ndarray,
+    members: list[np.ndarray],
+    max_group: int | None,
+) -> list[_Pairs]:
+    """Pairs of distinct hashes expanded back to the original indices of every file carrying them."""
+    rep = np.array([m[0] for m in members], dtype=np.int64)
+    dist = hamming(uniq[ua], uniq[ub])
+    single = (counts[ua] == 1) & (counts[ub] == 1)
+    ra, rb = rep[ua[single]], rep[ub[single]]
+    out: list[_Pairs] = [(np.minimum(ra, rb), np.maximum(ra, rb), dist[single])]
+    for a, b, d in zip(ua[~single].tolist(), ub[~single].tolist(), dist[~single].tolist(), strict=True):
+        ma, mb = members[a], members[b]
+        if max_group is not None and len(ma) * len(mb) > max_group:
+            ma, mb = ma[:1], mb[:1]
+        grid_a, grid_b = np.meshgrid(ma, mb, indexing="ij")
+        out.append(
+            (
+                np.minimum(grid_a, grid_b).ravel(),
+                np.maximum(grid_a, grid_b).ravel(),
+                np.full(grid_a.size, d, dtype=np.int64),
+            )
+        )
+    return out
 
 
 def _members(inverse: np.ndarray, n_groups: int) -> list[np.ndarray]:

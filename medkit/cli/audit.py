@@ -3,15 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medkit.cli._options import JsonOpt, OutOpt, WorkersOpt
+from medkit.cli._options import ImageColOpt, JsonOpt, LabelColsOpt, LabelsOpt, OutOpt, WorkersOpt, split_columns
+
+if TYPE_CHECKING:
+    from medkit.audit import AuditReport
+    from medkit.console import Progress
 
 __all__ = ["audit"]
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+class _ScanBar:
+    """The scan's progress bar, opened once the audit knows how many files it reads."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+
+    def start(self, total: int) -> None:
+        from medkit.console import Progress
+
+        self.bar = Progress(total=total, description="audit", unit="img").__enter__()
+
+    def advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
 
 
 def audit(
@@ -22,9 +46,7 @@ def audit(
             "archives are audited image by image."
         ),
     ],
-    labels: Annotated[
-        Path | None, typer.Option("--labels", "-l", help="Label table (CSV/TSV/parquet), one row per image.")
-    ] = None,
+    labels: LabelsOpt = None,
     group: Annotated[
         str | None, typer.Option("--group", help="Patient column (default: detected, e.g. patient_id).")
     ] = None,
@@ -32,12 +54,8 @@ def audit(
         str | None,
         typer.Option("--split", help="Split column (default: detected 'split'; else train/valid/test folder names)."),
     ] = None,
-    image_col: Annotated[
-        str | None, typer.Option("--image-col", help="Image path/id column (default: the one matching the files).")
-    ] = None,
-    label_cols: Annotated[
-        str | None, typer.Option("--label-cols", help="Comma-separated label columns (default: numeric columns).")
-    ] = None,
+    image_col: ImageColOpt = None,
+    label_cols: LabelColsOpt = None,
     out: OutOpt = None,
     json_out: JsonOpt = False,
     fail_on: Annotated[
@@ -47,26 +65,18 @@ def audit(
             help="Finding kinds that make the exit code 1 (comma-separated, 'all' or 'none').",
             envvar="MEDKIT_AUDIT_FAIL_ON",
         ),
-    ] = "unreadable,label_conflict,leakage",
+    ] = "unreadable,label_conflict,leakage",  # medkit.audit.DEFAULT_FAIL_ON (a test keeps them equal)
     near: Annotated[
         int, typer.Option("--near", help="Near-duplicate pHash Hamming threshold (of 64 bits).", min=0, max=16)
     ] = 6,
     workers: WorkersOpt = None,
 ) -> None:
     """Find unreadable, blank and duplicate images, label conflicts, leakage and header problems."""
-    from medkit.console import Progress, info, print_json
     from medkit.audit import Thresholds, parse_kinds, run_audit, write_outputs
+    from medkit.console import info, print_json
 
     kinds = parse_kinds(fail_on)
-    cols = [c.strip() for c in label_cols.split(",") if c.strip()] if label_cols else None
-    bar: dict[str, Any] = {}
-
-    def start(total: int) -> None:
-        bar["p"] = Progress(total=total, description="audit", unit="img").__enter__()
-
-    def advance(n: int) -> None:
-        bar["p"].update(n)
-
+    bar = _ScanBar()
     try:
         report = run_audit(
             data,
@@ -74,15 +84,14 @@ def audit(
             group=group,
             split=split,
             image_col=image_col,
-            label_cols=cols,
+            label_cols=split_columns(label_cols),
             workers=workers,
             thresholds=Thresholds(near=near),
-            on_start=start,
-            on_progress=advance,
+            on_start=bar.start,
+            on_progress=bar.advance,
         )
     finally:
-        if "p" in bar:
-            bar["p"].__exit__(None, None, None)
+        bar.close()
     written = write_outputs(report, out) if out is not None else []
     for path in written:
         info(f"wrote {path}")
@@ -94,11 +103,11 @@ def audit(
         raise typer.Exit(1)
 
 
-def _print_summary(report: Any, kinds: tuple[str, ...]) -> None:
+def _print_summary(report: AuditReport, kinds: tuple[str, ...]) -> None:
     from rich.table import Table
 
-    from medkit.console import out
     from medkit.audit import KINDS
+    from medkit.console import out
 
     d = report.to_dict(kinds, max_findings=0)
     table = Table(title=f"medkit audit: {d['files']} files under {report.root} ({d['readable']} readable)")
@@ -106,34 +115,36 @@ def _print_summary(report: Any, kinds: tuple[str, ...]) -> None:
     table.add_column("severity")
     table.add_column("count", justify="right")
     table.add_column("example")
-    first: dict[str, Any] = {}
-    for f in report.findings:
-        first.setdefault(f.kind, f)
+    examples = report.examples()
     for kind, n in d["counts"].items():
         sev = KINDS[kind][0]
         mark = " (fail)" if kind in kinds else ""
-        f = first[kind]
+        f = examples[kind]
         example = f"{f.files[0]}: {f.detail}" if f.files else f.detail
         table.add_row(kind, f"[{_SEVERITY_STYLE[sev]}]{sev}[/]{mark}", str(n), example[:160])
     if not d["counts"]:
         table.add_row("-", "-", "0", "no findings")
     out.print(table)
     if report.label_stats:
-        lt = Table(title=f"labels ({report.table_path})")
-        for c in ("label", "n", "positives", "prevalence", "pos_weight"):
-            lt.add_column(c, justify="left" if c == "label" else "right")
-        for s in report.label_stats:
-            if s["kind"] == "binary":
-                pw = f"{s['pos_weight']:.2f}" if s["pos_weight"] is not None else "-"
-                lt.add_row(s["label"], str(s["n"]), str(s["positives"]), f"{100 * s['prevalence']:.2f}%", pw)
-            else:
-                classes = s.get("classes") or {}
-                lt.add_row(
-                    s["label"], str(s["n"]), ", ".join(f"{k}:{v}" for k, v in list(classes.items())[:8]), "-", "-"
-                )
-        out.print(lt)
+        out.print(_label_table(report))
     status = "problems found" if d["failed"] else "no failing findings"
     out.print(
         f"{d['duplicate_clusters']} duplicate clusters ({d['exact_duplicate_clusters']} exact); "
         f"split from {d['split_source'] or 'nothing'}; fail-on {','.join(kinds) or 'none'}: {status}"
     )
+
+
+def _label_table(report: AuditReport) -> Any:
+    from rich.table import Table
+
+    lt = Table(title=f"labels ({report.table_path})")
+    for c in ("label", "n", "positives", "prevalence", "pos_weight"):
+        lt.add_column(c, justify="left" if c == "label" else "right")
+    for s in report.label_stats:
+        if s["kind"] == "binary":
+            pw = f"{s['pos_weight']:.2f}" if s["pos_weight"] is not None else "-"
+            lt.add_row(s["label"], str(s["n"]), str(s["positives"]), f"{100 * s['prevalence']:.2f}%", pw)
+        else:
+            classes = s.get("classes") or {}
+            lt.add_row(s["label"], str(s["n"]), ", ".join(f"{k}:{v}" for k, v in list(classes.items())[:8]), "-", "-")
+    return lt

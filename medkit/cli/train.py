@@ -10,7 +10,20 @@ from typing import Annotated, Any
 
 import typer
 
-from medkit.cli._options import DeviceOpt, FoldOpt, JsonOpt, OutOpt, SeedOpt, WorkersOpt, device_spec
+from medkit.cli._options import (
+    DataOpt,
+    DeviceOpt,
+    FoldOpt,
+    FoldsOpt,
+    ImageColOpt,
+    JsonOpt,
+    LabelColsOpt,
+    LabelsOpt,
+    OutOpt,
+    SeedOpt,
+    device_spec,
+    split_columns,
+)
 from medkit.errors import UsageError
 
 __all__ = ["train"]
@@ -33,50 +46,27 @@ def _kv(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def _fold_list(labels: Path | None, folds: Path | None) -> list[int]:
-    """Fold numbers present in the fold table (or the labels table's fold column), sorted."""
-    from medkit.data.table import detect_spec, load_table
-
-    table = folds or labels
-    if table is None:
-        raise UsageError("--fold all needs a table with a fold column", hint="pass --folds folds.csv (medkit split)")
-    df = load_table(table)
-    spec = detect_spec(df)
-    if spec.fold is None:
-        raise UsageError(f"--fold all: {table} has no fold column", hint="write folds with `medkit split`")
-    return sorted(int(v) for v in set(df[spec.fold].dropna().tolist()))
-
-
-def _argv_without_gpus(argv: list[str]) -> list[str]:
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a == "--gpus":
-            skip = True
-            continue
-        if a.startswith("--gpus="):
-            continue
-        out.append(a)
-    return out
+TrainWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--workers",
+        "-j",
+        help="DataLoader processes reading batches for the model (default: cores - 1 on a GPU; 0 on a CPU, where "
+        "the model needs every core).",
+        min=0,
+    ),
+]
 
 
 def train(
     ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Task preset: ct, cxr, wsi, scan, binary, multiclass, multilabel.")],
-    data: Annotated[Path, typer.Option("--data", help="Image folder, or a MedMNIST .npz (uses its splits).")],
-    labels: Annotated[
-        Path | None, typer.Option("--labels", help="Dataset table (CSV/parquet), one row per image.", dir_okay=False)
-    ] = None,
-    folds: Annotated[
-        Path | None, typer.Option("--folds", help="Fold table from `medkit split` (joined on image).", dir_okay=False)
-    ] = None,
+    data: DataOpt,
+    labels: LabelsOpt = None,
+    folds: FoldsOpt = None,
     fold: FoldOpt = None,
-    label_cols: Annotated[
-        str | None, typer.Option("--label-cols", help="Comma-separated label columns (as in `medkit audit`).")
-    ] = None,
-    image_col: Annotated[str | None, typer.Option("--image-col", help="Image path/id column.")] = None,
+    label_cols: LabelColsOpt = None,
+    image_col: ImageColOpt = None,
     mask_col: Annotated[
         str | None,
         typer.Option(
@@ -212,6 +202,15 @@ def train(
             rich_help_panel=_PANEL_RUN,
         ),
     ] = None,
+    cache_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--cache-workers",
+            help="Processes decoding files into the --cache (default: every core).",
+            min=0,
+            rich_help_panel=_PANEL_RUN,
+        ),
+    ] = None,
     gpus: Annotated[
         int,
         typer.Option(
@@ -220,7 +219,7 @@ def train(
     ] = 1,
     out: OutOpt = None,
     seed: SeedOpt = 0,
-    workers: WorkersOpt = None,
+    workers: TrainWorkersOpt = None,
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -234,9 +233,8 @@ def train(
 
         from medkit.engine.ddp import relaunch_argv
 
-        argv = _argv_without_gpus(sys.argv[1:])
         info(f"launching {gpus} processes under torch.distributed.run")
-        code = subprocess.call(relaunch_argv(gpus, argv))
+        code = subprocess.call(relaunch_argv(gpus, sys.argv[1:]))
         raise typer.Exit(code)
 
     overrides: dict[str, Any] = dict(
@@ -261,15 +259,13 @@ def train(
         overrides["augment"] = {}
     preset = TASKS.create(task, **overrides)
     if img_size is None and data.suffix.lower() == ".npz":
-        from medkit.engine.data import medmnist_image_size
+        from medkit.io.medmnist import medmnist_image_size
 
         native = medmnist_image_size(data)
         if native and native != preset.img_size:
             # upsampling 28 px MedMNIST images to a 224 px preset costs 64x the compute and adds no detail
             info(f"--img-size not given: using the {native} px images of {data.name} as they are")
             preset = preset.with_(img_size=native)
-    if windows and in_chans is None:
-        preset = preset.with_(in_chans=len(preset.windows))
     if fold is not None and fold != "all":
         try:
             fold_num: int | None = int(fold)
@@ -288,7 +284,7 @@ def train(
         out=str(run_out),
         folds=str(folds) if folds else None,
         fold=fold_num,
-        label_cols=tuple(c.strip() for c in label_cols.split(",")) if label_cols else None,
+        label_cols=split_columns(label_cols),
         image_col=image_col,
         pretrained=pretrained,
         weights=str(weights) if weights else None,
@@ -300,6 +296,7 @@ def train(
         seed=seed,
         deterministic=deterministic,
         workers=workers,
+        cache_workers=cache_workers,
         ckpt_every=ckpt_every,
         max_steps=max_steps,
         dry_run=dry_run,
@@ -318,7 +315,7 @@ def train(
         profile=profile,
         argv=sys.argv[:],
     )
-    if stage2_optimizer and stage2_epochs < 1:
+    if stage2_optimizer and stage2_epochs < 1:  # checked again by plan_stages; here before any data is read
         raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
 
     if profile:
@@ -340,7 +337,9 @@ def train(
         return
 
     if fold == "all":
-        record = fit_folds(cfg, _fold_list(labels, folds))
+        from medkit.data.dataset import fold_numbers
+
+        record = fit_folds(cfg, fold_numbers(folds or labels))
         from medkit.engine.ddp import dist_info
 
         if not dist_info().is_main:

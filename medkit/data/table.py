@@ -9,9 +9,10 @@ A dataset table is a CSV (``.csv``, ``.csv.gz``, ``.tsv``) or parquet file with 
 - optional **series** (``series_id``) and **slice order** (``slice_index``) columns for CT series;
 - an optional **fold** column (``fold``), written by ``medkit split``.
 
-Column roles are detected from common names (see `detect_spec`) and can be given explicitly. Converters from
-the Kaggle layouts (RSNA hemorrhage long format, RANZCR CLiP, PANDA) live here too; docs/data.md documents them.
-This module imports pandas but not torch.
+Column roles are detected from common names (see `detect_spec`) and can be given explicitly. The converters from
+the Kaggle layouts (RSNA hemorrhage long format, RANZCR CLiP, PANDA) live with their competition in
+`medkit.competitions` (re-exported here); docs/data.md documents them. This module imports pandas (inside
+functions) but not torch.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from medkit.errors import DataError
+from medkit.competitions.panda import from_panda
+from medkit.competitions.ranzcr import RANZCR_GROUPS, RANZCR_LABELS, from_ranzcr
+from medkit.competitions.rsna import RSNA_SUBTYPES, from_rsna_long
+from medkit.errors import DataError, did_you_mean
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -32,6 +36,8 @@ __all__ = [
     "detect_spec",
     "resolve_paths",
     "index_files",
+    "require_columns",
+    # Competition knowledge, defined in medkit.competitions and re-exported here for existing imports:
     "from_rsna_long",
     "from_ranzcr",
     "from_panda",
@@ -93,27 +99,6 @@ NON_LABEL_HINTS = {
     "y]",
     "view",
     "sex",
-}
-
-RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
-RANZCR_LABELS = (
-    "ETT - Abnormal",
-    "ETT - Borderline",
-    "ETT - Normal",
-    "NGT - Abnormal",
-    "NGT - Borderline",
-    "NGT - Incompletely Imaged",
-    "NGT - Normal",
-    "CVC - Abnormal",
-    "CVC - Borderline",
-    "CVC - Normal",
-    "Swan Ganz Catheter Present",
-)
-RANZCR_GROUPS: dict[str, tuple[str, ...]] = {
-    "ETT": RANZCR_LABELS[0:3],
-    "NGT": RANZCR_LABELS[3:7],
-    "CVC": RANZCR_LABELS[7:10],
-    "SwanGanz": RANZCR_LABELS[10:11],
 }
 
 
@@ -194,6 +179,34 @@ def _first_present(columns: Sequence[str], candidates: Iterable[str]) -> str | N
     return None
 
 
+def require_columns(columns: Iterable[Any], names: Iterable[str], role: str, source: Any = None) -> None:
+    """Check that every name is a column; the error for the first missing one suggests the closest column.
+
+    A column that differs only in case is suggested first (``'Y'``: did you mean ``'y'``?), then the closest by
+    spelling (`medkit.errors.did_you_mean`).
+
+    Args:
+        columns: The table's columns (a DataFrame's ``columns`` or any iterable of names).
+        names: The columns that must be present.
+        role: What the columns are for, named in the message (``"label"``, ``"stratum"``, ``"--labels-from"``).
+        source: The file the table came from, put in front of the message, or None.
+
+    Raises:
+        DataError: ``<source>: <role> column '<name>' is not in the table (did you mean '<col>'?)``, with the
+            first 20 columns in the hint.
+    """
+    cols = [str(c) for c in columns]
+    for name in names:
+        if name in cols:
+            continue
+        same_case = [c for c in cols if c.lower() == name.lower()]
+        guess = did_you_mean(name, same_case, cutoff=0.0) if same_case else did_you_mean(name, cols)
+        where = f"{source}: " if source is not None else ""
+        raise DataError(
+            f"{where}{role} column '{name}' is not in the table{guess}", hint=f"columns are: {', '.join(cols[:20])}"
+        )
+
+
 def detect_spec(
     df: Any,
     image: str | None = None,
@@ -217,10 +230,8 @@ def detect_spec(
     cols = [str(c) for c in df.columns]
 
     def need(name: str | None, role: str) -> str | None:
-        if name is not None and name not in cols:
-            close = [c for c in cols if c.lower() == name.lower()]
-            hint = f"did you mean '{close[0]}'?" if close else f"columns are: {', '.join(cols[:20])}"
-            raise DataError(f"{role} column '{name}' is not in the table", hint=hint)
+        if name is not None:
+            require_columns(cols, [name], role)
         return name
 
     image = need(image, "image") or _first_present(cols, ID_CANDIDATES)
@@ -308,50 +319,3 @@ def resolve_paths(df: Any, root: str | os.PathLike[str], image_col: str, strict:
             hint="check --data, or run `medkit audit` to list missing files",
         )
     return paths
-
-
-def from_rsna_long(df: Any) -> Any:
-    """RSNA intracranial hemorrhage ``stage_2_train.csv`` (``ID_<image>_<subtype>``, ``Label``) to one row per image.
-
-    Returns:
-        A table with ``image`` (``ID_<image>``) and the six subtype columns in the competition's order.
-
-    Raises:
-        DataError: When the columns are not ``ID`` and ``Label`` or an ID has no known subtype suffix.
-    """
-    if not {"ID", "Label"} <= set(df.columns):
-        raise DataError("the RSNA long table needs columns 'ID' and 'Label'", hint="pass stage_2_train.csv as is")
-    ids = df["ID"].astype(str)
-    parts = ids.str.rsplit("_", n=1)
-    image = parts.str[0]
-    subtype = parts.str[1]
-    bad = ~subtype.isin(RSNA_SUBTYPES)
-    if bad.any():
-        raise DataError(f"unknown RSNA subtype in ID '{ids[bad].iloc[0]}'", hint=f"expected {', '.join(RSNA_SUBTYPES)}")
-    wide = (
-        df.assign(image=image, subtype=subtype)
-        .drop_duplicates(["image", "subtype"])
-        .pivot(index="image", columns="subtype", values="Label")
-        .reindex(columns=list(RSNA_SUBTYPES))
-        .reset_index()
-    )
-    wide.columns.name = None
-    return wide
-
-
-def from_ranzcr(df: Any) -> Any:
-    """RANZCR CLiP ``train.csv`` to the convention: ``image`` from StudyInstanceUID, ``patient_id`` from PatientID."""
-    missing = [c for c in ("StudyInstanceUID", "PatientID", *RANZCR_LABELS) if c not in df.columns]
-    if missing:
-        raise DataError(f"RANZCR table lacks columns: {', '.join(missing)}", hint="pass the competition's train.csv")
-    return df.rename(columns={"StudyInstanceUID": "image", "PatientID": "patient_id"})[
-        ["image", *RANZCR_LABELS, "patient_id"]
-    ]
-
-
-def from_panda(df: Any) -> Any:
-    """PANDA ``train.csv`` to the convention: ``image`` from image_id; isup_grade, data_provider, gleason kept."""
-    missing = [c for c in ("image_id", "data_provider", "isup_grade") if c not in df.columns]
-    if missing:
-        raise DataError(f"PANDA table lacks columns: {', '.join(missing)}", hint="pass the competition's train.csv")
-    return df.rename(columns={"image_id": "image"})

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["DistInfo", "dist_info", "setup", "teardown", "gather_arrays", "all_reduce_mean", "relaunch_argv"]
+__all__ = ["DistInfo", "dist_info", "setup", "barrier", "gather_arrays", "all_reduce_mean", "relaunch_argv"]
 
 
 @dataclass(frozen=True)
@@ -60,14 +60,6 @@ def setup(info: DistInfo, device: Any) -> Any:
     return device
 
 
-def teardown(info: DistInfo) -> None:
-    """Destroy the process group when one was set up."""
-    import torch.distributed as dist
-
-    if info.enabled and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def barrier(info: DistInfo) -> None:
     """Wait for every rank (no-op for one process)."""
     import torch.distributed as dist
@@ -105,7 +97,11 @@ def gather_arrays(arrays: dict[str, Any], info: DistInfo) -> dict[str, Any]:
 
 
 def relaunch_argv(nproc: int, argv: list[str]) -> list[str]:
-    """The command that re-runs ``medkit <argv>`` under torch.distributed.run with ``nproc`` processes."""
+    """The command that re-runs ``medkit <argv>`` under torch.distributed.run with ``nproc`` processes.
+
+    ``--gpus N`` is dropped from ``argv``: the relaunched processes must not relaunch again.
+    """
+    argv = _without_option(argv, "--gpus")
     return [
         sys.executable,
         "-m",
@@ -116,3 +112,16 @@ def relaunch_argv(nproc: int, argv: list[str]) -> list[str]:
         "medkit",
         *argv,
     ]
+
+
+def _without_option(argv: list[str], flag: str) -> list[str]:
+    """``argv`` without ``flag VALUE`` and ``flag=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == flag:
+            skip = True
+        elif not a.startswith(f"{flag}="):
+            out.append(a)
+    return out

@@ -1,28 +1,33 @@
 """`fit()`: train one run (one fold) end to end, resumably; `fit_folds()` trains every fold and joins the OOF.
 
-The loop itself lives in `medkit.engine.loop`; this module builds the components by name from the registries,
-owns the run directory, the checkpoints (every ``ckpt_every`` steps, at the end of each epoch, on Ctrl-C), early
-stopping on the task's metric, the optional second optimizer stage, and DDP.
+This module only orchestrates. The parts come from `medkit.engine.components` (model, loss, optimizer, EMA,
+transforms), the stages from `medkit.engine.stages`, the batches from a `medkit.engine.feed.Feeder`, the steps from
+`medkit.engine.loop`, the validation and test predictions from `medkit.engine.predict`, and the counters and
+checkpoints from `medkit.engine.state`. Every run records its `medkit.engine.spec.RunSpec`, so
+`medkit.engine.spec.load_run` rebuilds the model and its inputs from the run folder.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
-from medkit.engine.ddp import DistInfo, barrier, dist_info, gather_arrays
-from medkit.engine.loop import EpochState, StepContext, evaluate, targets_to_ordinal, train_one_epoch
-from medkit.engine.run import RunDir, draw_curves, read_metrics, write_metrics, write_oof
+from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medkit.engine.ddp import barrier
+from medkit.engine.loop import EpochState, StepContext, train_one_epoch
+from medkit.engine.predict import Predictions, gather, predict
+from medkit.engine.run import RunDir, draw_curves, write_metrics, write_oof
+from medkit.engine.state import TrainParts, TrainState
 from medkit.errors import DataError, Interrupted, UsageError
+from medkit.metrics import score
 
-__all__ = ["TrainConfig", "FitResult", "fit", "fit_folds", "profile_steps", "Interrupted"]
+__all__ = ["TrainConfig", "FitResult", "fit", "fit_folds", "profile_steps"]
 
 
 @dataclass
@@ -47,8 +52,8 @@ class TrainConfig:
         ema_decay: EMA decay per step.
         seed: Seed of everything (batch order, augmentation, initial weights).
         deterministic: Ask torch for deterministic kernels.
-        workers: DataLoader workers (None: `medkit.data.loader.default_workers` on CUDA, 0 on the CPU, where
-            worker start-up costs more than decoding small images in the training process).
+        workers: DataLoader workers feeding the model (None: `medkit.engine.runtime.loader_workers`).
+        cache_workers: Processes decoding files into the ``cache_dir`` cache (None: every usable core).
         ckpt_every: Write last.pt every N optimizer steps (0: only at epoch ends and on Ctrl-C).
         max_steps: Stop (resumably) after this many optimizer steps of the run in total.
         dry_run: One batch of training and one of validation, then stop.
@@ -65,7 +70,7 @@ class TrainConfig:
         mask_col: Table column of mask files stacked as the last input channel (``"auto"``: a ``mask`` column
             when the table has one, as ``medkit tile --masks`` writes; None: no mask).
         resume: Continue from ``out/checkpoints/last.pt``.
-        profile: Time this many steps (data wait vs step) with `medkit.data.loader.Profiler`, then stop.
+        profile: Time this many steps (data wait vs step) with `medkit.engine.profile.Profiler`, then stop.
         evaluate_test: Also score the test split (MedMNIST) with the best checkpoint.
         argv: The command line, for run.json.
     """
@@ -88,6 +93,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     workers: int | None = None
+    cache_workers: int | None = None
     ckpt_every: int = 0
     max_steps: int = 0
     dry_run: bool = False
@@ -143,148 +149,39 @@ class FitResult:
     profile: dict[str, float] = field(default_factory=dict)
 
 
-def _log(info: DistInfo, message: str) -> None:
-    if info.is_main:
-        from medkit.console import info as say
+@dataclass
+class Trainer:
+    """A run in progress: its configuration, runtime, data, parts, state and feeders (built by `_setup`)."""
 
-        say(message)
-
-
-def _build_metric(name: str) -> tuple[Any, bool]:
-    from medkit.registries import METRICS
-
-    entry = METRICS.get(name)
-    fn = METRICS.create(name)
-    gib = getattr(fn, "greater_is_better", entry.flags.get("greater_is_better", True))
-    return fn, bool(gib)
-
-
-def _score(metric: Any, target: str, y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Apply a metric to evaluation outputs, in the shape the metrics contract expects."""
-    if len(y_true) == 0:
-        return float("nan")
-    if target == "binary":
-        y_true, probs = y_true.reshape(-1), probs.reshape(-1)
-    elif target == "ordinal":
-        # Sum of the "grade > k" probabilities = the expected grade; qwk cuts it at 0.5, 1.5, ...
-        probs = probs.sum(axis=1)
-    try:
-        return float(metric(y_true, probs))
-    except ValueError:  # e.g. AUC on a validation batch with one class only (dry runs, tiny folds)
-        return float("nan")
+    cfg: TrainConfig
+    run: RunDir
+    rt: Any
+    data: Any
+    spec: Any
+    stages: list[Any]
+    parts: TrainParts
+    state: TrainState
+    ctx: StepContext
+    train_feed: Any
+    val_feed: Any
+    train_model: Any
+    metric: Any
+    greater: bool
+    steps_per_epoch: int
+    epochs: int
+    config: dict[str, Any]
+    profiler: Any = None
+    stopped: str = ""
 
 
-def _improved(value: float, best: float, greater: bool) -> bool:
-    if not math.isfinite(value):
-        return False
-    if not math.isfinite(best):
-        return True
-    return value > best if greater else value < best
+def _log(tr: Trainer, message: str) -> None:
+    if tr.rt.is_main:
+        from medkit.console import info
+
+        info(message)
 
 
-def _make_model(cfg: TrainConfig, data: Any) -> Any:
-    from medkit.registries import MODELS
-
-    task = cfg.task
-    kw: dict[str, Any] = {}
-    if task.heads == "groups":
-        if not data.label_groups:
-            raise UsageError(
-                "--heads groups needs label groups", hint="use a table with RANZCR columns, or --heads single"
-            )
-        order = {name: i for i, name in enumerate(data.label_names)}
-        for g, cols in data.label_groups.items():
-            idx = [order[c] for c in cols]
-            if idx != list(range(idx[0], idx[0] + len(idx))):
-                raise DataError(
-                    f"label group {g} is not contiguous in the label order",
-                    hint="order the label columns group by group",
-                )
-        kw["heads"] = {g: len(c) for g, c in data.label_groups.items()}
-    if data.target == "ordinal":
-        kw["head"] = "ordinal"
-    num_classes = data.num_classes if data.target == "ordinal" else data.num_outputs
-    return MODELS.create(
-        task.model,
-        num_classes=num_classes,
-        in_chans=data.in_chans,
-        pretrained=cfg.pretrained or None,
-        weights=cfg.weights,
-        **kw,
-    )
-
-
-def _mean_std(task: Any, data: Any) -> tuple[list[float], list[float]]:
-    """Normalisation per input channel: the task's for the image channels, then the mask channel's.
-
-    The mask channel gets mean 0 and std 1/255, so after ``(x / 255 - mean) / std`` the model sees the label
-    values themselves (0..5 for PANDA), on the same scale as a normalised image channel.
-    """
-    mean, std = list(task.mean), list(task.std)
-    if data.mask_col is None:
-        return mean, std
-    image_chans = data.in_chans - 1
-    if len(mean) == 1:
-        mean = mean * image_chans
-    if len(std) == 1:
-        std = std * image_chans
-    return mean[:image_chans] + [0.0], std[:image_chans] + [1.0 / 255.0]
-
-
-def _make_optimizer(
-    name: str, model: Any, lr: float, weight_decay: float, total_steps: int, extra: dict[str, Any]
-) -> Any:
-    from medkit.registries import OPTIMIZERS
-
-    # The module (not a parameter list) lets the factory exempt biases and norm weights from weight decay.
-    return OPTIMIZERS.create(name, model, lr=lr, weight_decay=weight_decay, total_steps=total_steps, **extra)
-
-
-def _make_schedule(
-    name: str, optimizer: Any, epochs: int, steps_per_epoch: int, extra: dict[str, Any], greater: bool = True
-) -> Any:
-    from medkit.registries import SCHEDULERS
-
-    extra = dict(extra)
-    if SCHEDULERS.get(name).flags.get("needs_metric"):
-        # the schedule watches the task metric, so its direction is the metric's (a log loss must fall);
-        # an explicit --scheduler-arg mode=... still wins
-        extra.setdefault("mode", "max" if greater else "min")
-    return SCHEDULERS.create(name, optimizer, epochs=max(1, epochs), steps_per_epoch=max(1, steps_per_epoch), **extra)
-
-
-def _make_loss(cfg: TrainConfig, data: Any) -> tuple[Any, set[str], bool]:
-    """The loss, the batch entries it wants (``index``, ``model``) and whether it takes grades as they are."""
-    from medkit.registries import LOSSES
-
-    task = cfg.task
-    entry = LOSSES.get(task.loss)
-    kw = dict(task.loss_kwargs)
-    kw.setdefault("label_prevalence", data.label_prevalence())
-    kw.setdefault("num_classes", data.num_classes if data.target in ("multiclass", "ordinal") else data.num_outputs)
-    if entry.flags.get("needs_indices"):
-        # ELR keeps one running target per row of the source (the batch index is the source row).
-        kw.setdefault("num_examples", len(data.train.source))
-    if data.target == "ordinal" and not entry.flags.get("ordinal") and not entry.flags.get("multilabel"):
-        raise UsageError(
-            f"loss '{task.loss}' does not fit ordinal grades",
-            hint="use --loss ordinal, or bce (on the cumulative 'grade > k' targets)",
-        )
-    if data.target == "multiclass" and not entry.flags.get("multiclass"):
-        raise UsageError(f"loss '{task.loss}' is not a multiclass loss", hint="use --loss ce")
-    loss = LOSSES.create(task.loss, **kw)
-    extra = set()
-    if entry.flags.get("needs_indices"):
-        extra.add("index")
-    if entry.flags.get("needs_model"):
-        extra.add("model")
-    return loss, extra, bool(entry.flags.get("ordinal"))
-
-
-def _state_of(obj: Any) -> Any:
-    return obj.state_dict() if obj is not None and hasattr(obj, "state_dict") else None
-
-
+# ---------------------------------------------------------------------------------------------------- fit
 def fit(cfg: TrainConfig) -> FitResult:
     """Train one run as configured; resumable at any step (see docs/train.md).
 
@@ -292,36 +189,16 @@ def fit(cfg: TrainConfig) -> FitResult:
         Interrupted: After ``max_steps`` or Ctrl-C, with last.pt written.
         MedkitError: Bad data, names or flags.
     """
-    import torch
+    from medkit.data.dataset import build_data
+    from medkit.device import seed_everything
+    from medkit.engine.runtime import resolve_runtime
 
-    from medkit.config import provenance
-    from medkit.console import Progress
-    from medkit.data.augment import AugmentConfig, BatchAugment, cutmix, mixup
-    from medkit.device import amp_dtype, resolve_device, seed_everything
-    from medkit.engine import ddp
-    from medkit.engine.data import EpochBatches, build_data, make_batches_loader
-
-    info = dist_info()
-    task = cfg.task
     run = RunDir(cfg.out)
-    resume_state: dict[str, Any] | None = None
-    if cfg.resume:
-        resume_state = load_checkpoint(run.last)
-        if resume_state.get("finished"):
-            raise UsageError(f"{run.root} already finished training", hint="use another --out, or drop --resume")
-    elif run.last.exists():
-        raise UsageError(
-            f"{run.root} already holds a run (checkpoints/last.pt)",
-            hint="pass --resume to continue it, or choose another --out",
-        )
-    device = ddp.setup(info, resolve_device(cfg.device))
-    if cfg.workers is None:
-        from medkit.data.loader import default_workers
-
-        cfg = TrainConfig(**{**cfg.__dict__, "workers": default_workers() if device.type == "cuda" else 0})
+    resume = _resume_checkpoint(cfg, run)
+    rt = resolve_runtime(cfg.device, cfg.amp, cfg.workers)
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(
-        task,
+        cfg.task,
         cfg.data,
         cfg.labels,
         cfg.folds,
@@ -329,427 +206,422 @@ def fit(cfg: TrainConfig) -> FitResult:
         cfg.label_cols,
         cfg.image_col,
         cfg.cache_dir,
-        cfg.workers,
+        cfg.cache_workers,
         cfg.seed,
         cfg.mask_col,
     )
-    _log(info, f"data: {data.description}; target {data.target}, {data.num_outputs} output(s)")
+    tr = _setup(cfg, run, rt, data, resume)
+    if rt.is_main:
+        run.write_run_json(_run_record(tr))
+    test_scores: dict[str, float] = {}
+    try:
+        _train(tr)
+        test_scores = _finish(tr)
+    except KeyboardInterrupt:
+        _save_last(tr)
+        raise Interrupted(f"interrupted; last checkpoint: {run.last}", hint="continue with --resume") from None
+    finally:
+        barrier(rt.dist)
+    st = tr.state
+    return FitResult(
+        run.root,
+        st.best,
+        st.best_epoch,
+        st.epoch,
+        st.global_step,
+        cfg.task.metric,
+        st.history,
+        test_scores,
+        tr.stopped,
+        tr.profiler.summary() if tr.profiler is not None else {},
+    )
+
+
+def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
+    """The checkpoint to resume from (``--resume``), after refusing to overwrite or re-finish a run."""
+    if cfg.resume:
+        state = load_checkpoint(run.last)
+        if state.get("finished"):
+            raise UsageError(f"{run.root} already finished training", hint="use another --out, or drop --resume")
+        return state
+    if run.last.exists():
+        raise UsageError(
+            f"{run.root} already holds a run (checkpoints/last.pt)",
+            hint="pass --resume to continue it, or choose another --out",
+        )
+    return None
+
+
+def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, Any] | None) -> Trainer:
+    """Build every part of the run (restored from ``resume`` when given)."""
+    from medkit.engine import components as C
+    from medkit.engine.feed import make_feeder
+    from medkit.engine.spec import spec_of
+    from medkit.engine.stages import plan_stages
+    from medkit.metrics import build_metric, greater_is_better
+
+    task = cfg.task
+    if rt.is_main:
+        from medkit.console import info
+
+        info(f"data: {data.description}; target {data.target}, {data.num_outputs} output(s)")
     if len(data.val) == 0:
         raise DataError("the validation split is empty", hint="check --fold / the split column")
-
-    model = _make_model(cfg, data).to(device)
-    channels_last = device.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn, loss_extra, takes_grades = _make_loss(cfg, data)
-    if takes_grades and (cfg.mixup > 0 or cfg.cutmix > 0):
+    mspec = C.model_spec(task, data)
+    model = rt.place_model(C.build_model(mspec, cfg.pretrained, cfg.weights))
+    loss_fn, caps = C.build_loss(task, data)
+    if caps.takes_grades and (cfg.mixup > 0 or cfg.cutmix > 0):
         raise UsageError(
             f"--mixup/--cutmix cannot mix the integer grades that loss '{task.loss}' takes",
             hint="use --loss bce (cumulative targets mix fine), or drop --mixup/--cutmix",
         )
-    loss_fn = loss_fn.to(device) if hasattr(loss_fn, "to") else loss_fn
-    dtype = amp_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-
-    train_batches = EpochBatches(len(data.train), task.batch_size, True, cfg.seed, info.world_size, info.rank)
-    val_batches = EpochBatches(len(data.val), task.batch_size, False, cfg.seed, info.world_size, info.rank, train=False)
-    steps_per_epoch = len(train_batches.batches())
+    loss_fn = loss_fn.to(rt.device) if hasattr(loss_fn, "to") else loss_fn
     epochs = 1 if cfg.dry_run else task.epochs
-    stage2_epochs = min(cfg.stage2_epochs, epochs) if cfg.stage2_optimizer else 0
-    stage1_epochs = epochs - stage2_epochs
-
-    ema = None
-    if cfg.ema:
-        from timm.utils import ModelEmaV3
-
-        ema = ModelEmaV3(model, decay=cfg.ema_decay)
-    train_model = model
-    if cfg.compile:
-        train_model = torch.compile(model)
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(train_model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    def build_stage(stage: int) -> tuple[Any, Any]:
-        if stage == 1:
-            opt = _make_optimizer(
-                task.optimizer, model, task.lr, task.weight_decay, stage1_epochs * steps_per_epoch, cfg.optimizer_kwargs
-            )
-            return opt, _make_schedule(
-                task.scheduler, opt, stage1_epochs, steps_per_epoch, cfg.scheduler_kwargs, greater
-            )
-        opt = _make_optimizer(
-            cfg.stage2_optimizer,
-            model,
-            cfg.stage2_lr or task.lr,
-            task.weight_decay,
-            stage2_epochs * steps_per_epoch,
-            cfg.optimizer_kwargs,
-        )
-        return opt, _make_schedule(task.scheduler, opt, stage2_epochs, steps_per_epoch, cfg.scheduler_kwargs, greater)
-
-    aug_gen = torch.Generator()
-    aug_gen.manual_seed(cfg.seed + 1_000_003 * info.rank)
-    mean, std = _mean_std(task, data)
-    image_channels = len(mean) - 1 if data.mask_col is not None else None  # the mask is the last channel
-    aug_cfg = AugmentConfig(
-        **{**task.augment, "mean": tuple(mean), "std": tuple(std), "image_channels": image_channels}
+    stages = plan_stages(
+        task,
+        epochs,
+        cfg.stage2_optimizer,
+        cfg.stage2_epochs,
+        cfg.stage2_lr,
+        cfg.optimizer_kwargs,
+        cfg.scheduler_kwargs,
     )
-    augmenter = BatchAugment(aug_cfg, size=task.img_size)
-    evaluator = BatchAugment(AugmentConfig(mean=tuple(mean), std=tuple(std)), size=task.img_size)
-    num_classes = data.num_classes if data.target == "multiclass" else None
-
-    def augment(images: Any, target: Any) -> tuple[Any, Any]:
-        x = augmenter(images, generator=aug_gen, train=True)
-        if cfg.mixup > 0 and cfg.cutmix > 0:
-            use_mix = bool(torch.rand(1, generator=aug_gen).item() < 0.5)
-            return (mixup if use_mix else cutmix)(x, target, cfg.mixup if use_mix else cfg.cutmix, aug_gen, num_classes)
-        if cfg.mixup > 0:
-            return mixup(x, target, cfg.mixup, aug_gen, num_classes)
-        if cfg.cutmix > 0:
-            return cutmix(x, target, cfg.cutmix, aug_gen, num_classes)
-        return x, target
-
-    def normalize(images: Any) -> Any:
-        return evaluator(images, train=False)
-
-    def prepare_target(t: Any) -> Any:
-        if data.target == "ordinal":
-            return t.long() if takes_grades else targets_to_ordinal(t, data.num_classes)
-        if data.target == "multiclass":
-            return t.long()
-        return t.float()
-
-    # ----------------------------------------------------------------- state: fresh or resumed
-    stage = 1
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    history: list[dict[str, Any]] = []
-    best, best_epoch, bad_epochs = float("nan"), 0, 0
-    epoch_state = EpochState()
-    metric_fn, greater = _build_metric(task.metric)
-    if resume_state is not None:
-        stage = int(resume_state.get("stage", 1))
-    optimizer, schedule = build_stage(stage)
-    if resume_state is not None:
-        model.load_state_dict(resume_state["model"])
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if schedule is not None and resume_state.get("scheduler") is not None:
-            schedule.load_state_dict(resume_state["scheduler"])
-        if scaler is not None and resume_state.get("scaler") is not None:
-            scaler.load_state_dict(resume_state["scaler"])
-        if ema is not None and resume_state.get("ema") is not None:
-            ema.load_state_dict(resume_state["ema"])
-        if resume_state.get("loss") is not None and hasattr(loss_fn, "load_state_dict"):
-            loss_fn.load_state_dict(resume_state["loss"])
-        epoch, step_in_epoch = int(resume_state["epoch"]), int(resume_state["step"])
-        global_step = int(resume_state["global_step"])
-        history = list(resume_state.get("history", []))
-        best, best_epoch = float(resume_state.get("best", float("nan"))), int(resume_state.get("best_epoch", 0))
-        bad_epochs = int(resume_state.get("bad_epochs", 0))
-        epoch_state = EpochState(**resume_state.get("epoch_state", {}))
-        rngs = resume_state["rng"]
-        per_rank = rngs.get(info.rank, rngs.get(0)) if isinstance(rngs, dict) and 0 in rngs else rngs
-        set_rng_state(per_rank, {"augment": aug_gen})
-        _log(info, f"resuming {run.root} at epoch {epoch + 1}, step {step_in_epoch} ({global_step} steps done)")
-
-    config_record = cfg.to_dict()
-    if info.is_main:
-        record = provenance(config_record)
-        record.update(
-            data_hash=data.data_hash,
-            data=data.description,
-            label_names=data.label_names,
-            target=data.target,
-            world_size=info.world_size,
-            metric=task.metric,
-            greater_is_better=greater,
-            in_chans=data.in_chans,
-            mask_col=data.mask_col,
-            img_size=task.img_size,
-        )
-        run.write_run_json(record)
-
-    def checkpoint_state(finished: bool = False) -> dict[str, Any]:
-        import medkit
-
-        rngs = {info.rank: rng_state({"augment": aug_gen})}
-        if info.enabled:
-            gathered: list[Any] = [None] * info.world_size
-            import torch.distributed as dist
-
-            dist.all_gather_object(gathered, rngs[info.rank])
-            rngs = dict(enumerate(gathered))
-        return {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": _state_of(schedule),
-            "scaler": _state_of(scaler),
-            "ema": _state_of(ema),
-            "loss": _state_of(loss_fn),
-            "stage": stage,
-            "epoch": epoch,
-            "step": epoch_state.step,
-            "global_step": global_step,
-            "epoch_state": asdict(epoch_state),
-            "history": history,
-            "best": best,
-            "best_epoch": best_epoch,
-            "bad_epochs": bad_epochs,
-            "rng": rngs,
-            "config": config_record,
-            "label_names": data.label_names,
-            "target": data.target,
-            "medkit_version": medkit.__version__,
-            "finished": finished,
-        }
-
-    def save_last(finished: bool = False) -> None:
-        state = checkpoint_state(finished)  # collective under DDP: every rank must call it
-        if info.is_main:
-            save_checkpoint(run.last, state)
-
-    stopped = ""
-
-    def on_step(st: EpochState) -> bool:
-        nonlocal global_step, stopped
-        global_step += 1
-        if cfg.ckpt_every and global_step % cfg.ckpt_every == 0:
-            save_last()
-        if cfg.max_steps and global_step >= cfg.max_steps:
-            stopped = "max_steps"
-            return True
-        return False
-
+    metric = build_metric(task.metric)
+    greater = greater_is_better(metric)
+    train_feed = make_feeder(data.train, task.batch_size, rt, train=True, seed=cfg.seed)
+    val_feed = make_feeder(data.val, task.batch_size, rt, train=False, seed=cfg.seed)
+    transforms, mean, std = _transforms(cfg, data, rt)
+    ema = C.build_ema(model, cfg.ema_decay) if cfg.ema else None
+    state = TrainState.from_checkpoint(resume) if resume is not None else TrainState()
+    parts = TrainParts(model, None, None, rt.grad_scaler(), ema, loss_fn)
     ctx = StepContext(
-        loss_fn=loss_fn,
-        optimizer=optimizer,
-        device=device,
-        amp_dtype=dtype,
-        scaler=scaler,
-        schedule=schedule,
-        augment=augment,
-        normalize=normalize,
-        prepare_target=prepare_target,
-        loss_extra=loss_extra,
+        loss_fn,
+        None,
+        rt,
+        transforms,
+        functools.partial(data.target.loss_target, num_classes=data.num_classes, grades_as_is=caps.takes_grades),
+        caps,
+        scaler=parts.scaler,
         ema=ema,
-        channels_last=channels_last,
         grad_clip=cfg.grad_clip,
     )
-    test_scores: dict[str, float] = {}
-    profiler = None
-    if cfg.profile:
-        from medkit.data.loader import Profiler
-
-        profiler = Profiler(enabled=True, device=device)
-    # one loader each for the whole run: EpochBatches decides every epoch's order when the loader is iterated
-    train_loader = make_batches_loader(data.train, train_batches, cfg.workers, device)
-    val_batches.set_epoch(0)
-    val_loader = make_batches_loader(data.val, val_batches, cfg.workers, device)
-    try:
-        while epoch < epochs:
-            if stage == 1 and stage2_epochs and epoch >= stage1_epochs:
-                stage = 2
-                optimizer, schedule = build_stage(2)  # same parameters, fresh optimizer state, restarted schedule
-                ctx.optimizer, ctx.schedule = optimizer, schedule
-                _log(info, f"stage 2: {cfg.stage2_optimizer} for the last {stage2_epochs} epoch(s)")
-            train_batches.set_epoch(epoch, step_in_epoch)
-            bar_total = sum(len(b) for b in train_batches.batches()) if not cfg.dry_run else None
-            bar_cm = Progress(
-                total=bar_total, description=f"epoch {epoch + 1}/{epochs}", unit="img", enabled=info.is_main
-            )
-            with bar_cm as bar:
-                if epoch_state.seen:
-                    bar.update(epoch_state.seen, loss=epoch_state.loss)
-                t0 = time.perf_counter()
-                epoch_state = train_one_epoch(
-                    train_model, train_loader, ctx, epoch_state, on_step, cfg.dry_run, bar, profiler
-                )
-                if stopped == "max_steps":
-                    break
-                eval_model = ema.module if ema is not None else model
-                res = evaluate(
-                    eval_model,
-                    val_loader,
-                    device=device,
-                    target=data.target,
-                    loss_fn=loss_fn if not loss_extra else None,
-                    amp_dtype=dtype,
-                    normalize=normalize,
-                    prepare_target=prepare_target,
-                    channels_last=channels_last,
-                    dry_run=cfg.dry_run,
-                )
-                res = _gather_eval(res, info, data.val)
-                y_true = data.val.targets[res["index"]]
-                value = _score(metric_fn, data.target, y_true, res["probs"])
-                bar.update(0, **{task.metric: value})
-                epoch_seconds = time.perf_counter() - t0
-            train_loss = epoch_state.loss
-            if info.enabled:
-                from medkit.engine.ddp import all_reduce_mean
-
-                train_loss = all_reduce_mean(train_loss, info, device)
-            lr = float(optimizer.param_groups[0]["lr"])
-            row = {
-                "epoch": epoch + 1,
-                "stage": stage,
-                "train_loss": train_loss,
-                "val_loss": res["loss"],
-                task.metric: value,
-                "lr": lr,
-                "img_per_s": epoch_state.seen * info.world_size / max(epoch_state.seconds, 1e-9),
-                "data_wait_s": epoch_state.data_seconds,
-                "epoch_s": epoch_seconds,
-            }
-            history.append(row)
-            if schedule is not None and hasattr(schedule, "step_epoch"):
-                schedule.step_epoch(value if math.isfinite(value) else None)
-            is_best = _improved(value, best, greater) or (best_epoch == 0 and not math.isfinite(best))
-            if is_best:
-                best, best_epoch, bad_epochs = value, epoch + 1, 0
-            else:
-                bad_epochs += 1
-            epoch += 1
-            epoch_state = EpochState()
-            step_in_epoch = 0
-            if info.is_main:
-                _log(
-                    info,
-                    f"epoch {epoch}: train_loss {train_loss:.4f} val_loss {res['loss']:.4f} "
-                    f"{task.metric} {value:.4f}{' (best)' if is_best else ''}",
-                )
-            if is_best:
-                best_state = checkpoint_state()
-                if info.is_main:
-                    save_checkpoint(run.best, best_state)
-                    _write_oof(run, data, res)
-            finished = cfg.dry_run or epoch >= epochs or (cfg.patience and bad_epochs >= cfg.patience)
-            save_last(finished=bool(finished and not cfg.dry_run))
-            if info.is_main:
-                write_metrics(run.metrics_csv, history)
-                draw_curves(run.curve_png, history, ["train_loss", "val_loss", task.metric])
-            if cfg.dry_run:
-                stopped = "dry_run"
-                break
-            if cfg.patience and bad_epochs >= cfg.patience:
-                stopped = "early"
-                _log(info, f"early stop: no {task.metric} improvement for {cfg.patience} epoch(s)")
-                break
-        if stopped == "max_steps":
-            if not cfg.profile:
-                save_last()
-                _log(info, f"stopped after {global_step} steps (--max-steps); resume with --resume")
-        elif data.test is not None and cfg.evaluate_test and run.best.exists():
-            test_scores = _score_test(cfg, data, run, model, metric_fn, device, dtype, normalize, info, val_batches)
-            if info.is_main and test_scores:
-                from medkit._io import write_json
-
-                write_json(run.root / "test.json", test_scores)
-    except KeyboardInterrupt:
-        save_last()
-        raise Interrupted(f"interrupted; last checkpoint: {run.last}", hint="continue with --resume") from None
-    finally:
-        barrier(info)
-    return FitResult(
-        run.root,
-        best,
-        best_epoch,
-        epoch,
-        global_step,
-        task.metric,
-        history,
-        test_scores,
-        stopped,
-        profiler.summary() if profiler is not None else {},
+    tr = Trainer(
+        cfg,
+        run,
+        rt,
+        data,
+        spec_of(task, data, mspec, mean, std, stages, greater, cfg.ema),
+        stages,
+        parts,
+        state,
+        ctx,
+        train_feed,
+        val_feed,
+        rt.wrap_for_training(model, cfg.compile),
+        metric,
+        greater,
+        len(train_feed.order.batches()),
+        epochs,
+        cfg.to_dict(),
     )
+    _use_stage(tr, state.stage)
+    if resume is not None:
+        _restore(tr, resume)
+    if cfg.profile:
+        from medkit.engine.profile import Profiler
+
+        tr.profiler = Profiler(enabled=True, sync=rt.synchronize)
+    return tr
 
 
+def _transforms(cfg: TrainConfig, data: Any, rt: Any) -> tuple[Any, list[float], list[float]]:
+    """The on-device transforms, and the per-channel mean and std they normalise with."""
+    from medkit.data.dataset import channel_mean_std
+    from medkit.engine.components import InputTransforms
+
+    task = cfg.task
+    has_mask = data.mask_col is not None
+    mean, std = channel_mean_std(task.mean, task.std, data.in_chans, has_mask)
+    transforms = InputTransforms(
+        mean,
+        std,
+        task.img_size,
+        task.augment,
+        image_channels=len(mean) - 1 if has_mask else None,  # the mask is the last channel
+        mixup=cfg.mixup,
+        cutmix=cfg.cutmix,
+        num_classes=data.num_classes if data.target.softmax else None,
+        seed=cfg.seed + 1_000_003 * rt.dist.rank,
+    )
+    return transforms, mean, std
+
+
+def _use_stage(tr: Trainer, number: int) -> None:
+    """Make stage ``number`` (1-based) current: a fresh optimizer over the same weights, a restarted schedule."""
+    from medkit.engine.components import build_optimizer, build_schedule
+
+    stage = tr.stages[number - 1]
+    opt = build_optimizer(stage, tr.parts.model, stage.epochs * tr.steps_per_epoch)
+    schedule = build_schedule(
+        stage.scheduler, opt, stage.epochs, tr.steps_per_epoch, stage.scheduler_kwargs, tr.greater
+    )
+    tr.state.stage = number
+    tr.parts.optimizer, tr.parts.schedule = opt, schedule
+    tr.ctx.optimizer, tr.ctx.schedule = opt, schedule
+
+
+def _restore(tr: Trainer, ckpt: dict[str, Any]) -> None:
+    """Load every part and this rank's RNG states from a checkpoint."""
+    tr.parts.load(ckpt)
+    rngs = ckpt["rng"]
+    rank = tr.rt.dist.rank
+    per_rank = rngs.get(rank, rngs.get(0)) if isinstance(rngs, dict) and 0 in rngs else rngs
+    set_rng_state(per_rank, {"augment": tr.ctx.transforms.generator})
+    st = tr.state
+    _log(tr, f"resuming {tr.run.root} at epoch {st.epoch + 1}, step {st.progress.step} ({st.global_step} steps done)")
+
+
+def _run_record(tr: Trainer) -> dict[str, Any]:
+    """run.json: the resolved configuration, the run spec, the runtime, versions and the data it saw."""
+    from medkit.config import provenance
+
+    data, rt = tr.data, tr.rt
+    record = provenance(tr.config)
+    record.update(
+        data_hash=data.data_hash,
+        data=data.description,
+        label_names=data.label_names,
+        target=data.target.name,
+        world_size=rt.dist.world_size,
+        metric=tr.cfg.task.metric,
+        greater_is_better=tr.greater,
+        in_chans=data.in_chans,
+        mask_col=data.mask_col,
+        img_size=tr.cfg.task.img_size,
+        runtime={
+            "device": str(rt.device),
+            "amp_dtype": str(rt.amp_dtype).removeprefix("torch."),
+            "channels_last": rt.channels_last,
+            "workers": rt.workers,
+        },
+        spec=tr.spec.to_dict(),
+    )
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+def _checkpoint(tr: Trainer, finished: bool = False) -> dict[str, Any]:
+    """The checkpoint dict; collective under DDP (every rank must call it: the RNG states are gathered)."""
+    import medkit
+
+    info = tr.rt.dist
+    rngs = {info.rank: rng_state({"augment": tr.ctx.transforms.generator})}
+    if info.enabled:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * info.world_size
+        dist.all_gather_object(gathered, rngs[info.rank])
+        rngs = dict(enumerate(gathered))
+    return {
+        **tr.parts.state_dicts(),
+        **tr.state.to_checkpoint(),
+        "rng": rngs,
+        "spec": tr.spec.to_dict(),
+        "config": tr.config,
+        "label_names": tr.data.label_names,
+        "target": tr.data.target.name,
+        "medkit_version": medkit.__version__,
+        "finished": finished,
+    }
+
+
+def _save_last(tr: Trainer, finished: bool = False) -> None:
+    state = _checkpoint(tr, finished)
+    if tr.rt.is_main:
+        save_checkpoint(tr.run.last, state)
+
+
+def _on_step(tr: Trainer, progress: EpochState) -> bool:
+    """After every optimizer step: periodic checkpoints, and the ``--max-steps`` stop."""
+    tr.state.global_step += 1
+    cfg = tr.cfg
+    if cfg.ckpt_every and tr.state.global_step % cfg.ckpt_every == 0:
+        _save_last(tr)
+    if cfg.max_steps and tr.state.global_step >= cfg.max_steps:
+        tr.stopped = "max_steps"
+        return True
+    return False
+
+
+# ---------------------------------------------------------------------------------------------------- epochs
+def _train(tr: Trainer) -> None:
+    """Epochs until the end, an early stop, a dry run's single batch or ``--max-steps``."""
+    from medkit.engine.stages import stage_of_epoch
+
+    while tr.state.epoch < tr.epochs:
+        number = stage_of_epoch(tr.stages, tr.state.epoch)[0] + 1
+        if number != tr.state.stage:
+            _use_stage(tr, number)
+            st = tr.stages[number - 1]
+            _log(tr, f"stage {number}: {st.optimizer} for the last {st.epochs} epoch(s)")
+        outcome = _run_epoch(tr)
+        if outcome is None:  # --max-steps
+            return
+        _end_epoch(tr, *outcome)
+        if tr.cfg.dry_run:
+            tr.stopped = "dry_run"
+            return
+        if tr.cfg.patience and tr.state.bad_epochs >= tr.cfg.patience:
+            tr.stopped = "early"
+            _log(tr, f"early stop: no {tr.cfg.task.metric} improvement for {tr.cfg.patience} epoch(s)")
+            return
+
+
+def _run_epoch(tr: Trainer) -> tuple[Predictions, float, float] | None:
+    """Train one epoch (from where a resumed one stopped) and validate; None when ``--max-steps`` stopped it."""
+    from medkit.console import Progress
+    st, cfg = tr.state, tr.cfg
+    tr.train_feed.set_epoch(st.epoch, st.progress.step)
+    total = sum(len(b) for b in tr.train_feed.order.batches()) if not cfg.dry_run else None
+    bar_cm = Progress(total=total, description=f"epoch {st.epoch + 1}/{tr.epochs}", unit="img", enabled=tr.rt.is_main)
+    with bar_cm as bar:
+        if st.progress.seen:
+            bar.update(st.progress.seen, loss=st.progress.loss)
+        t0 = time.perf_counter()
+        on_step = functools.partial(_on_step, tr)
+        train_one_epoch(tr.train_model, tr.train_feed, tr.ctx, st.progress, on_step, cfg.dry_run, bar, tr.profiler)
+        if tr.stopped == "max_steps":
+            return None
+        preds = _validate(tr)
+        value = score(tr.metric, tr.data.target, tr.data.val.targets[preds.rows], preds.probs)
+        bar.update(0, **{cfg.task.metric: value})
+    return preds, value, time.perf_counter() - t0
+
+
+def _validate(tr: Trainer) -> Predictions:
+    """Predictions of the evaluated weights (the EMA when kept) on the validation split, every rank joined."""
+    caps = tr.ctx.caps
+    loss_fn = None if caps.needs_indices or caps.needs_model else tr.parts.loss
+    tr.val_feed.set_epoch(0)
+    preds = predict(
+        tr.parts.eval_model,
+        tr.val_feed,
+        tr.rt,
+        tr.data.target,
+        tr.ctx.transforms.eval,
+        loss_fn,
+        tr.ctx.prepare_target,
+        dry_run=tr.cfg.dry_run,
+    )
+    return gather(preds, tr.rt.dist, tr.data.val)
+
+
+def _end_epoch(tr: Trainer, preds: Predictions, value: float, seconds: float) -> None:
+    """Record the epoch, step the epoch schedule, keep the best checkpoint and its OOF, write last.pt."""
+    st, cfg, metric = tr.state, tr.cfg, tr.cfg.task.metric
+    progress = st.progress
+    train_loss = progress.loss
+    if tr.rt.dist.enabled:
+        from medkit.engine.ddp import all_reduce_mean
+
+        train_loss = all_reduce_mean(train_loss, tr.rt.dist, tr.rt.device)
+    st.history.append(
+        {
+            "epoch": st.epoch + 1,
+            "stage": st.stage,
+            "train_loss": train_loss,
+            "val_loss": preds.loss,
+            metric: value,
+            "lr": float(tr.parts.optimizer.param_groups[0]["lr"]),
+            "img_per_s": progress.seen * tr.rt.dist.world_size / max(progress.seconds, 1e-9),
+            "data_wait_s": progress.data_seconds,
+            "epoch_s": seconds,
+        }
+    )
+    if tr.parts.schedule is not None and hasattr(tr.parts.schedule, "step_epoch"):
+        tr.parts.schedule.step_epoch(value if math.isfinite(value) else None)
+    is_best = st.end_epoch(value, tr.greater)
+    _log(
+        tr,
+        f"epoch {st.epoch}: train_loss {train_loss:.4f} val_loss {preds.loss:.4f} "
+        f"{metric} {value:.4f}{' (best)' if is_best else ''}",
+    )
+    if is_best:
+        best = _checkpoint(tr)
+        if tr.rt.is_main:
+            save_checkpoint(tr.run.best, best)
+            _write_oof(tr.run, tr.data, preds)
+    finished = cfg.dry_run or st.epoch >= tr.epochs or (cfg.patience and st.bad_epochs >= cfg.patience)
+    _save_last(tr, finished=bool(finished and not cfg.dry_run))
+    if tr.rt.is_main:
+        write_metrics(tr.run.metrics_csv, st.history)
+        draw_curves(tr.run.curve_png, st.history, ["train_loss", "val_loss", metric])
+
+
+def _finish(tr: Trainer) -> dict[str, float]:
+    """After the epochs: a resumable checkpoint after ``--max-steps``, else the test split's scores."""
+    if tr.stopped == "max_steps":
+        if not tr.cfg.profile:
+            _save_last(tr)
+            _log(tr, f"stopped after {tr.state.global_step} steps (--max-steps); resume with --resume")
+        return {}
+    if tr.data.test is None or not tr.cfg.evaluate_test or not tr.run.best.exists():
+        return {}
+    scores = _score_test(tr)
+    if tr.rt.is_main and scores:
+        from medkit._io import write_json
+
+        write_json(tr.run.root / "test.json", scores)
+    return scores
+
+
+def _write_oof(run: RunDir, data: Any, preds: Predictions) -> None:
+    idx = preds.rows
+    extra = {"patient_id": [data.val.groups[i] for i in idx]} if data.val.groups else None
+    write_oof(run.oof_csv, preds.ids or [], data.val.targets[idx], preds.probs, data.label_names, extra)
+
+
+def _score_test(tr: Trainer) -> dict[str, float]:
+    """Score the held-out test split with the best checkpoint: the task metric, plus AUC / ACC for binary."""
+    from medkit.engine.feed import make_feeder
+    from medkit.engine.spec import evaluated_weights
+    data, model = tr.data, tr.parts.model
+    model.load_state_dict(evaluated_weights(load_checkpoint(tr.run.best, map_location="cpu")))
+    feed = make_feeder(data.test, tr.cfg.task.batch_size, tr.rt, train=False, seed=tr.cfg.seed)
+    preds = gather(
+        predict(model, feed, tr.rt, data.target, tr.ctx.transforms.eval, dry_run=tr.cfg.dry_run), tr.rt.dist, data.test
+    )
+    y = data.test.targets[preds.rows]
+    scores = {tr.cfg.task.metric: score(tr.metric, data.target, y, preds.probs), "n": float(len(y))}
+    if data.target.name == "binary":
+        from sklearn.metrics import roc_auc_score
+
+        yt, p = y.reshape(-1), preds.probs.reshape(-1)
+        if len(np.unique(yt)) == 2:
+            scores["auc"] = float(roc_auc_score(yt, p))
+        scores["acc"] = float(np.mean((p > 0.5) == (yt > 0.5)))
+    elif data.target.softmax:
+        scores["acc"] = float(np.mean(preds.probs.argmax(1) == y))
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------- folds, profile
 def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
     """Train ``steps`` steps into a throw-away folder and return the data-wait vs step-time summary."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="medkit-profile-") as tmp:
-        sub = TrainConfig(
-            **{
-                **cfg.__dict__,
-                "out": tmp,
-                "max_steps": steps,
-                "profile": steps,
-                "resume": False,
-                "ckpt_every": 0,
-                "dry_run": False,
-                "evaluate_test": False,
-            }
+        sub = replace(
+            cfg,
+            out=tmp,
+            max_steps=steps,
+            profile=steps,
+            resume=False,
+            ckpt_every=0,
+            dry_run=False,
+            evaluate_test=False,
         )
         return fit(sub).profile
-
-
-def _gather_eval(res: dict[str, Any], info: DistInfo, split: Any) -> dict[str, Any]:
-    """Join every rank's predictions, drop the padded duplicates (first occurrence of each row kept) and turn
-    ``index`` (rows of the source) into positions in the split, sorted."""
-    arrays = {"probs": res["probs"], "index": res["index"], "targets": res["targets"]}
-    if info.enabled:
-        arrays = gather_arrays(arrays, info)
-    _, first = np.unique(arrays["index"], return_index=True)
-    out = {k: v[first] for k, v in arrays.items()}
-    out["index"] = split.positions(out["index"])
-    out["loss"] = res["loss"]
-    return out
-
-
-def _write_oof(run: RunDir, data: Any, res: dict[str, Any]) -> None:
-    idx = res["index"]
-    ids = [data.val.ids[i] for i in idx]
-    extra = {"patient_id": [data.val.groups[i] for i in idx]} if data.val.groups else None
-    write_oof(run.oof_csv, ids, data.val.targets[idx], res["probs"], data.label_names, extra)
-
-
-def _score_test(
-    cfg: TrainConfig,
-    data: Any,
-    run: RunDir,
-    model: Any,
-    metric_fn: Any,
-    device: Any,
-    dtype: Any,
-    normalize: Any,
-    info: DistInfo,
-    like: Any,
-) -> dict[str, float]:
-    """Score the held-out test split with the best checkpoint: the task metric, plus AUC / ACC for binary."""
-    from medkit.engine.data import EpochBatches, make_batches_loader
-
-    state = load_checkpoint(run.best, map_location="cpu")
-    weights = state["ema"] if cfg.ema and state.get("ema") else state["model"]
-    if cfg.ema and state.get("ema"):
-        weights = {k.removeprefix("module."): v for k, v in weights.items()}
-    model.load_state_dict(weights)
-    batches = EpochBatches(
-        len(data.test), like.local_batch * like.world_size, False, cfg.seed, info.world_size, info.rank, train=False
-    )
-    res = evaluate(
-        model,
-        make_batches_loader(data.test, batches, cfg.workers),
-        device=device,
-        target=data.target,
-        amp_dtype=dtype,
-        normalize=normalize,
-        dry_run=cfg.dry_run,
-    )
-    res = _gather_eval(res, info, data.test)
-    y = data.test.targets[res["index"]]
-    scores = {cfg.task.metric: _score(metric_fn, data.target, y, res["probs"]), "n": float(len(y))}
-    if data.target == "binary":
-        from sklearn.metrics import roc_auc_score
-
-        yt, p = y.reshape(-1), res["probs"].reshape(-1)
-        if len(np.unique(yt)) == 2:
-            scores["auc"] = float(roc_auc_score(yt, p))
-        scores["acc"] = float(np.mean((p > 0.5) == (yt > 0.5)))
-    elif data.target == "multiclass":
-        scores["acc"] = float(np.mean(res["probs"].argmax(1) == y))
-    return scores
 
 
 def fit_folds(cfg: TrainConfig, folds: list[int]) -> dict[str, Any]:
@@ -758,65 +630,58 @@ def fit_folds(cfg: TrainConfig, folds: list[int]) -> dict[str, Any]:
     Returns:
         The cv.json record: per-fold best metric, the mean, and the metric over the joined OOF.
     """
-    import pandas as pd
+    from medkit.engine.ddp import dist_info
 
-    from medkit._io import write_json
-
-    info = dist_info()
     root = RunDir(cfg.out)
-    results = []
-    for k in folds:
-        sub = TrainConfig(**{**cfg.__dict__, "fold": k, "out": str(root.fold(k).root)})
-        if cfg.resume and not root.fold(k).last.exists():
-            sub.resume = False
-        if cfg.resume and root.fold(k).last.exists():
-            state = load_checkpoint(root.fold(k).last)
-            if state.get("finished"):
-                hist = read_metrics(root.fold(k).metrics_csv)
-                results.append((k, float(state.get("best", float("nan"))), len(hist)))
-                continue
-        r = fit(sub)
-        results.append((k, r.best_metric, r.epochs_done))
-    record: dict[str, Any] = {"metric": cfg.task.metric, "folds": {str(k): m for k, m, _ in results}}
-    vals = [m for _, m, _ in results if math.isfinite(m)]
+    results = [_fit_fold(cfg, root, k) for k in folds]
+    record: dict[str, Any] = {"metric": cfg.task.metric, "folds": {str(k): m for k, m in results}}
+    vals = [m for _, m in results if math.isfinite(m)]
     record["mean"] = float(np.mean(vals)) if vals else float("nan")
     record["std"] = float(np.std(vals)) if vals else float("nan")
-    if info.is_main:
-        frames = []
-        for k, _, _ in results:
-            p = root.fold(k).oof_csv
-            if p.exists():
-                frames.append(pd.read_csv(p).assign(fold=k))
-        if frames:
-            oof = pd.concat(frames, ignore_index=True)
-            from medkit.data.table import save_table
-
-            save_table(oof, root.oof_csv)
-            record["oof_rows"] = len(oof)
-            record["cv"] = _oof_score(cfg, oof)
-        write_json(root.cv_json, record)
+    if dist_info().is_main:
+        _join_oof(cfg, root, [k for k, _ in results], record)
     return record
 
 
-def _oof_score(cfg: TrainConfig, oof: Any) -> float:
-    """The task metric over the joined OOF table (targets and ``*_prob`` columns as written by `write_oof`)."""
-    metric_fn, _ = _build_metric(cfg.task.metric)
+def _fit_fold(cfg: TrainConfig, root: RunDir, k: int) -> tuple[int, float]:
+    """Train fold ``k`` (or take its result when a resumed ``--fold all`` finds it finished)."""
+    sub = replace(cfg, fold=k, out=str(root.fold(k).root), resume=cfg.resume and root.fold(k).last.exists())
+    if sub.resume:
+        state = load_checkpoint(root.fold(k).last)
+        if state.get("finished"):
+            return k, float(state.get("best", float("nan")))
+    return k, fit(sub).best_metric
+
+
+def _join_oof(cfg: TrainConfig, root: RunDir, folds: list[int], record: dict[str, Any]) -> None:
+    """Write the joined oof.csv and cv.json (with the metric over the joined OOF)."""
+    import pandas as pd
+
+    from medkit._io import write_json
+    from medkit.data.table import save_table
+
+    frames = [pd.read_csv(root.fold(k).oof_csv).assign(fold=k) for k in folds if root.fold(k).oof_csv.exists()]
+    if frames:
+        oof = pd.concat(frames, ignore_index=True)
+        save_table(oof, root.oof_csv)
+        record["oof_rows"] = len(oof)
+        record["cv"] = oof_score(cfg.task.metric, cfg.task.target, oof)
+    write_json(root.cv_json, record)
+
+
+def oof_score(metric: str, target: str, oof: Any) -> float:
+    """The metric over an OOF table (targets and ``*_prob`` columns as written by `write_oof`)."""
+    from medkit.target import target_kind
+
     prob_cols = [c for c in oof.columns if str(c).endswith("_prob")]
     probs = oof[prob_cols].to_numpy(dtype=np.float64)
-    target = cfg.task.target
+    kind = target_kind(target).for_columns(len(prob_cols))
     if "target" in oof.columns:
         y = oof["target"].to_numpy()
-        if target == "binary" and len(prob_cols) == 1:
+        if kind.name == "binary":
             y = y.astype(np.float64)
     else:
         y = oof[[c[: -len("_prob")] for c in prob_cols]].to_numpy(dtype=np.float64)
-    if target == "binary" and len(prob_cols) > 1:
-        target = "multilabel"
-    if target == "binary" and y.ndim == 2 and y.shape[1] == 1:
+    if kind.name == "binary" and y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
-    return _score(metric_fn, target, y, probs)
-
-
-def env_flag(name: str) -> bool:
-    """Whether an environment flag is set to a true value."""
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+    return score(metric, kind, y, probs)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 from collections.abc import Sequence
@@ -11,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from medkit._io import atomic_write, write_json, write_text
+from medkit.data.dataset import data_hash
 
 __all__ = ["RunDir", "data_hash", "write_metrics", "read_metrics", "draw_curves", "write_oof"]
 
@@ -67,20 +67,6 @@ class RunDir:
     def write_run_json(self, record: dict[str, Any]) -> Path:
         """Write run.json atomically."""
         return write_json(self.run_json, record)
-
-
-def data_hash(table_bytes: bytes, files: Sequence[str | os.PathLike[str]]) -> str:
-    """SHA-256 over the table's bytes and the file list (path, size, mtime): changes when the data changes."""
-    h = hashlib.sha256()
-    h.update(table_bytes)
-    for f in files:
-        p = Path(f)
-        try:
-            st = p.stat()
-            h.update(f"{p.as_posix()}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
-        except OSError:
-            h.update(f"{p.as_posix()}\0missing\n".encode())
-    return h.hexdigest()
 
 
 def write_metrics(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> Path:

@@ -10,7 +10,9 @@ channels (brain, subdural and soft tissue for head CT). `dicom_windows` gives th
 several times faster: it folds bit masking, the rescale and every window into one lookup table indexed by the
 raw 16-bit stored values, so the image is touched once (benchmarks/bench_dicom.py).
 
-pydicom is imported inside the functions.
+The window presets and name checks live in `medkit.io.windows` (no numpy, no pydicom) and are re-exported here.
+pydicom is imported inside the functions. This module imports `medkit.io.windows` and `medkit.io._checks`, never
+`medkit.io.readers`: the readers register `read_dicom_image` from here.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ from typing import Any
 
 import numpy as np
 
-from medkit.io.readers import MAX_PIXELS, ImageReadError
+from medkit.errors import DataError, ImageReadError
+from medkit.io._checks import MAX_PIXELS, check_pixels
+from medkit.io.windows import FILE_WINDOWS, WINDOWS, check_window, fixed_window, parse_windows
+from medkit.parallel import pool_size
 
 __all__ = [
     "WINDOWS",
+    "FILE_WINDOWS",
     "CODECS_HINT",
     "window",
     "multi_window",
     "resolve_window",
     "parse_windows",
     "read_dicom",
+    "read_dicom_image",
     "dicom_windows",
     "has_intercept_defect",
     "voi_lut",
@@ -42,24 +49,8 @@ __all__ = [
     "dicom_headers",
     "HEADER_FIELDS",
     "header_mapping",
+    "transfer_syntax_name",
 ]
-
-#: Window presets, name -> (center, width) in HU. Brain, subdural and soft tissue are the three channels of the
-#: RSNA intracranial hemorrhage solutions; the others are the usual radiology presets (Radiopaedia "Windowing
-#: (CT)": brain W80 L40, subdural W200 L80, soft tissue W380 L40 (W350-400 L20-60), bone W2800 L600,
-#: lung W1500 L-600, mediastinum W350 L50, stroke W40 L40).
-WINDOWS: dict[str, tuple[float, float]] = {
-    "brain": (40.0, 80.0),
-    "subdural": (80.0, 200.0),
-    "soft_tissue": (40.0, 380.0),
-    "bone": (600.0, 2800.0),
-    "lung": (-600.0, 1500.0),
-    "mediastinum": (50.0, 350.0),
-    "stroke": (40.0, 40.0),
-}
-
-#: Window names resolved from the file itself rather than a preset.
-FILE_WINDOWS = ("dicom", "minmax")
 
 CODECS_HINT = 'install the DICOM codecs: pip install "medkit[dicom-codecs]" (pylibjpeg) or python-gdcm'
 
@@ -112,23 +103,6 @@ def window(hu: np.ndarray, center: float, width: float) -> np.ndarray:
     return np.floor(y, out=y).astype(np.uint8)
 
 
-def parse_windows(spec: str | Sequence[str] | None) -> list[str]:
-    """Split a window list (``"brain,subdural,soft_tissue"``) and check each name.
-
-    A name is a preset from `WINDOWS`, ``dicom`` (the file's WindowCenter/WindowWidth), ``minmax`` (the image's
-    own range) or a literal ``CENTER/WIDTH`` such as ``40/80``.
-
-    Raises:
-        UnknownNameError: For a name that is none of these, with a suggestion.
-    """
-    if spec is None:
-        return []
-    names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
-    for name in names:
-        resolve_window(name, None, check_only=True)
-    return names
-
-
 def resolve_window(
     name: str | tuple[float, float], ds: Any = None, *, values: np.ndarray | None = None, check_only: bool = False
 ) -> tuple[float, float]:
@@ -141,45 +115,30 @@ def resolve_window(
         check_only: Only validate the name (returns (0, 1) for file windows).
 
     Raises:
-        UnknownNameError: For an unknown name.
+        UnknownWindowError: For an unknown name (see `medkit.io.windows.check_window`).
         DataError: When ``dicom`` is asked for a file without WindowCenter/WindowWidth.
     """
-    from medkit.errors import DataError, UnknownNameError
-
     if not isinstance(name, str):
         c, w = name  # a (center, width) pair
         return float(c), float(w)
-    if name in WINDOWS:
-        return WINDOWS[name]
-    if "/" in name:
-        try:
-            c, w = (float(v) for v in name.split("/", 1))
-        except ValueError:
-            pass
-        else:
-            if w > 0:
-                return c, w
-    if name in FILE_WINDOWS:
-        if check_only:
-            return 0.0, 1.0
-        if name == "dicom":
-            cw = file_window(ds)
-            if cw is None:
-                raise DataError(
-                    f"{_ds_name(ds)}: no WindowCenter/WindowWidth in the file for the 'dicom' window",
-                    hint="pick a preset (brain, bone, lung, ...), 'minmax', or CENTER/WIDTH",
-                )
-            return cw
-        if values is None or values.size == 0:
-            return 0.0, 1.0
-        lo, hi = float(np.min(values)), float(np.max(values))
-        return (lo + hi) / 2.0, max(hi - lo, 1e-6)
-    import difflib
-
-    known = [*WINDOWS, *FILE_WINDOWS]
-    close = difflib.get_close_matches(name, known, n=1)
-    guess = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UnknownNameError(f"unknown window '{name}'{guess}", hint=f"windows: {', '.join(known)}, or CENTER/WIDTH")
+    fixed = fixed_window(name)
+    if fixed is not None:
+        return fixed
+    check_window(name)  # raises for anything but the file windows, with a suggestion
+    if check_only:
+        return 0.0, 1.0
+    if name == "dicom":
+        cw = file_window(ds)
+        if cw is None:
+            raise DataError(
+                f"{_ds_name(ds)}: no WindowCenter/WindowWidth in the file for the 'dicom' window",
+                hint="pick a preset (brain, bone, lung, ...), 'minmax', or CENTER/WIDTH",
+            )
+        return cw
+    if values is None or values.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return (lo + hi) / 2.0, max(hi - lo, 1e-6)
 
 
 def file_window(ds: Any) -> tuple[float, float] | None:
@@ -465,6 +424,36 @@ def read_dicom(
     return _values(ds, _meta(ds), path, frame, rescale, invert_monochrome1, fix_intercept, max_pixels)
 
 
+def read_dicom_image(
+    path: Path,
+    *,
+    frame: int | None = None,
+    invert_monochrome1: bool = True,
+    fix_intercept: bool = True,
+    max_pixels: int | None = MAX_PIXELS,
+) -> np.ndarray:
+    """DICOM via pydicom: float32 after the modality rescale (HU for CT), MONOCHROME1 inverted; frames first.
+
+    The ``dicom`` entry of `medkit.registries.READERS` (registered by `medkit.io.readers`).
+
+    Args:
+        path: The file.
+        frame: Read this one frame of a multi-frame file.
+        invert_monochrome1: Invert MONOCHROME1 images so that bright means dense, as for MONOCHROME2.
+        fix_intercept: Correct the 12-bit RescaleIntercept defect of some head CT scanners (see `has_intercept_defect`).
+        max_pixels: Refuse images with more pixels (all frames) than this (None: no limit).
+
+    Returns:
+        float32 (H, W), (frames, H, W), or (H, W, 3) / (frames, H, W, 3) for colour files.
+
+    Raises:
+        ImageReadError: As `read_dicom`.
+    """
+    return read_dicom(
+        path, frame=frame, invert_monochrome1=invert_monochrome1, fix_intercept=fix_intercept, max_pixels=max_pixels
+    )
+
+
 def _values(
     ds: Any,
     m: _Meta,
@@ -476,9 +465,7 @@ def _values(
     max_pixels: int | None,
 ) -> np.ndarray:
     if max_pixels is not None and m.rows * m.cols * (1 if frame is not None else m.frames) > max_pixels:
-        from medkit.io.readers import _check_pixels
-
-        _check_pixels(path, (m.frames, m.rows, m.cols), max_pixels)
+        check_pixels(path, (m.frames, m.rows, m.cols), max_pixels)
     arr = _pixel_array(ds, path)
     if frame is not None:
         if not 0 <= frame < m.frames:
@@ -599,8 +586,6 @@ def dicom_windows(
     names = list(names)
     m = _meta(ds)
     if m.samples > 1:
-        from medkit.errors import DataError
-
         raise DataError(
             f"{path}: colour DICOM ({m.photometric}) has no grey-level windows",
             hint="read it with read_image(path), which returns (H, W, 3)",
@@ -688,7 +673,7 @@ def dicom_headers(paths: Iterable[str | os.PathLike[str]], workers: int | None =
 
     Args:
         paths: DICOM files.
-        workers: Processes (None: every core; 0 or 1: in this process).
+        workers: Processes (None: every usable core, see `medkit.parallel.pool_size`; 0 or 1: in this process).
         errors: ``"raise"`` on the first unreadable file, or ``"record"`` its message in an ``error`` column.
 
     Returns:
@@ -704,14 +689,14 @@ def dicom_headers(paths: Iterable[str | os.PathLike[str]], workers: int | None =
     if errors not in ("raise", "record"):
         raise ValueError(f"errors must be 'raise' or 'record', got {errors!r}")
     items = [os.fspath(p) for p in paths]
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    workers = pool_size(workers, len(items))
     # Process start-up costs more than parsing a few dozen headers.
     if workers <= 1 or len(items) < 64:
         rows = [_header_row(p) for p in items]
     else:
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
             rows = list(pool.map(_header_row, items, chunksize=max(1, len(items) // (workers * 8))))
     if errors == "raise":
         for row in rows:
@@ -735,3 +720,17 @@ def dicom_headers(paths: Iterable[str | os.PathLike[str]], workers: int | None =
 def header_mapping(ds: Any) -> Mapping[str, Any]:
     """Header fields of an already read dataset (same keys as `dicom_header`)."""
     return {name: _header_value(ds, name) for name in HEADER_FIELDS}
+
+
+def transfer_syntax_name(uid: str) -> str:
+    """The name of a transfer syntax UID (``"1.2.840.10008.1.2.1"`` -> ``"Explicit VR Little Endian"``).
+
+    Args:
+        uid: The TransferSyntaxUID as a string (what `dicom_header` returns).
+
+    Returns:
+        pydicom's name for it, or the UID itself when pydicom does not know it.
+    """
+    from pydicom.uid import UID
+
+    return UID(uid).name

@@ -7,20 +7,25 @@ put the frame/page axis first: (N, H, W) or (N, H, W, C). docs/readers.md lists 
 The reader is chosen by the file suffix, else by the first bytes of the file (PNG, JPEG, TIFF, numpy and zip
 signatures, ``DICM`` at offset 128). Anything unreadable raises `ImageReadError` naming the file.
 
-cv2, tifffile and pydicom are imported inside the readers: importing this module stays cheap.
+The DICOM reader (`read_dicom_image`) is defined in `medkit.io.dicom` and registered here; MedMNIST archives
+are `medkit.io.medmnist` (`load_medmnist`, `medmnist_image_size`, re-exported). Neither imports this module, so
+the imports inside `medkit.io` run one way. cv2, tifffile and pydicom are imported inside the readers: importing
+this module stays cheap.
 """
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkit.errors import DataError, ImageReadError, UsageError
+from medkit.errors import ImageReadError, UsageError
+from medkit.io._checks import MAX_PIXELS, check_file, check_pixels
+from medkit.io.dicom import read_dicom_image
+from medkit.io.medmnist import load_medmnist, medmnist_image_size
 from medkit.registries import READERS
 
 __all__ = [
@@ -30,6 +35,7 @@ __all__ = [
     "detect_reader",
     "tiff_pages",
     "load_medmnist",
+    "medmnist_image_size",
     "read_png",
     "read_jpeg",
     "read_tiff",
@@ -37,13 +43,6 @@ __all__ = [
     "read_npz",
     "read_dicom_image",
 ]
-
-#: Largest image (pixels, all frames and channels' planes counted once) a reader loads without being asked:
-#: a whole-slide level 0 is billions of pixels and would exhaust memory. Override with ``max_pixels=``.
-MAX_PIXELS = 1 << 28
-
-_TILE_HINT = "cut whole-slide images into tiles with `medkit tile`, or pass page=N to read a smaller level"
-
 
 # ---------------------------------------------------------------------------------------------- detection
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,19 +56,6 @@ _DICOM_OFFSET = 128
 def _head(path: Path, n: int = 132) -> bytes:
     with open(path, "rb") as fh:
         return fh.read(n)
-
-
-def _check_file(path: Path) -> None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file", hint="check the path (relative to the current folder)") from None
-    except OSError as exc:
-        raise ImageReadError(f"{path}: cannot open ({exc.strerror})", hint="check the file's permissions") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ImageReadError(f"{path}: is a folder, not an image file", hint="pass the image files inside it")
-    if st.st_size == 0:
-        raise ImageReadError(f"{path}: empty file (0 bytes)", hint="the file was not fully written; copy it again")
 
 
 def _matches_magic(head: bytes, magic: tuple[tuple[int, bytes], ...]) -> bool:
@@ -89,7 +75,7 @@ def detect_reader(path: str | os.PathLike[str]) -> str:
         ImageReadError: When the file is missing or empty, or neither its suffix nor its content is known.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     return _detect(path)
 
 
@@ -142,7 +128,7 @@ def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw:
         UnknownNameError: For a ``reader`` name that is not registered.
     """
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     name = reader or _detect(path)
     factory = READERS.get(name).factory  # not READERS.create: it drops None, and max_pixels=None means "no limit"
     try:
@@ -154,17 +140,6 @@ def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw:
             f"reader '{name}' does not take that option ({exc}) for {path}",
             hint=f"see the options of the {name} reader in docs/readers.md",
         ) from None
-
-
-def _check_pixels(path: Path, shape: tuple[int, ...], max_pixels: int | None, what: str = "image") -> None:
-    if max_pixels is None:
-        return
-    n = int(np.prod([int(s) for s in shape], dtype=np.int64)) if shape else 0
-    if n > max_pixels:
-        raise ImageReadError(
-            f"{path}: {what} of shape {tuple(shape)} has {n:,} pixels, above the limit of {max_pixels:,}",
-            hint=f"{_TILE_HINT}; or raise the limit with max_pixels=",
-        )
 
 
 # ---------------------------------------------------------------------------------------------- cv2 formats
@@ -182,7 +157,7 @@ def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     size = _png_size(data[:32].tobytes())
     if size is not None:
-        _check_pixels(path, size, max_pixels)
+        check_pixels(path, size, max_pixels)
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(
@@ -196,7 +171,7 @@ def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         elif img.shape[2] == 4:
             img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    _check_pixels(path, img.shape[:2], max_pixels)
+    check_pixels(path, img.shape[:2], max_pixels)
     return np.ascontiguousarray(img)
 
 
@@ -261,7 +236,7 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
                         hint="pass a page number from the list",
                     )
                 pg = tf.pages[page]
-                _check_pixels(path, _planar(pg.shape, pg.axes), max_pixels, f"page {page}")
+                check_pixels(path, _planar(pg.shape, pg.axes), max_pixels, f"page {page}")
                 arr, axes = pg.asarray(), pg.axes
             else:
                 series = tf.series[0]
@@ -270,13 +245,13 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
                 slide = len(series.levels) > 1 or tf.is_svs or tf.is_ndpi
                 same = len(pages) > 1 and all(p.shape == pages[0].shape and p.dtype == pages[0].dtype for p in pages)
                 if slide:
-                    _check_pixels(path, shape[:2], max_pixels, "slide level 0")
+                    check_pixels(path, shape[:2], max_pixels, "slide level 0")
                 if same and not slide and len(series.shape) == len(pages[0].shape):
                     # Pages written one by one form one series each; equal pages are a stack (frames, slices).
-                    _check_pixels(path, (len(pages), *_planar(pages[0].shape, pages[0].axes)), max_pixels, "page stack")
+                    check_pixels(path, (len(pages), *_planar(pages[0].shape, pages[0].axes)), max_pixels, "page stack")
                     arr, axes = tf.asarray(key=slice(None)), "I" + pages[0].axes
                 else:
-                    _check_pixels(path, _planar(shape, series.axes), max_pixels)
+                    check_pixels(path, _planar(shape, series.axes), max_pixels)
                     arr, axes = series.asarray(), series.axes
     except ImageReadError:
         raise
@@ -297,7 +272,7 @@ def tiff_pages(path: str | os.PathLike[str]) -> list[tuple[tuple[int, ...], str]
     import tifffile
 
     path = Path(path)
-    _check_file(path)
+    check_file(path)
     try:
         with tifffile.TiffFile(path) as tf:
             return [(tuple(int(s) for s in p.shape), str(p.dtype)) for p in tf.pages]
@@ -334,7 +309,7 @@ def read_npy(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     path = Path(path)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        _check_pixels(path, arr.shape, max_pixels, "array")
+        check_pixels(path, arr.shape, max_pixels, "array")
         return np.array(arr)
     except ImageReadError:
         raise
@@ -343,9 +318,6 @@ def read_npy(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
             f"{path}: cannot read as .npy ({type(exc).__name__}: {exc})",
             hint="the file is truncated, pickled (object dtype) or not a numpy file; re-save it with numpy.save",
         ) from exc
-
-
-_MEDMNIST_SPLITS = ("train", "val", "test")
 
 
 @READERS.register("npz", suffixes=(".npz",), magic=((0, _ZIP_MAGIC),))
@@ -391,90 +363,13 @@ def read_npz(
         if not -len(arr) <= index < len(arr):
             raise ImageReadError(f"{path}: index {index} out of range for '{key}' of length {len(arr)}")
         arr = arr[index]
-    _check_pixels(path, arr.shape, max_pixels, "array")
+    check_pixels(path, arr.shape, max_pixels, "array")
     return np.ascontiguousarray(arr)
 
 
-def load_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Load a MedMNIST .npz (``train_images``, ``train_labels``, ``val_*``, ``test_*``) as a ready dataset.
-
-    Args:
-        path: The MedMNIST file, e.g. ``breastmnist.npz``.
-
-    Returns:
-        ``{split: (images, labels)}`` for each split present, in the order train, val, test. Images are uint8
-        (N, H, W) or (N, H, W, C) (3D sets: (N, D, H, W)); labels are (N, K) (K=1 for single-label sets).
-
-    Raises:
-        ImageReadError: When the file is not a MedMNIST archive or a split's images and labels disagree.
-    """
-    path = Path(path)
-    _check_file(path)
-    try:
-        npz = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise ImageReadError(
-            f"{path}: cannot read as .npz ({type(exc).__name__}: {exc})",
-            hint="re-download the MedMNIST file (medmnist.com lists each file's md5)",
-        ) from exc
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    with npz:
-        for split in _MEDMNIST_SPLITS:
-            ik, lk = f"{split}_images", f"{split}_labels"
-            if ik not in npz.files and lk not in npz.files:
-                continue
-            if ik not in npz.files or lk not in npz.files:
-                have, missing = (ik, lk) if ik in npz.files else (lk, ik)
-                raise ImageReadError(f"{path}: has {have} but not {missing}", hint="re-download the file")
-            try:
-                images, labels = npz[ik], npz[lk]
-            except Exception as exc:  # a truncated member fails only when read
-                raise ImageReadError(f"{path}: cannot read '{ik}'/'{lk}' ({exc})", hint="re-download the file") from exc
-            if labels.ndim == 1:
-                labels = labels[:, None]
-            if len(images) != len(labels):
-                raise ImageReadError(
-                    f"{path}: {ik} has {len(images)} images but {lk} has {len(labels)} rows",
-                    hint="the archive is inconsistent; re-download it",
-                )
-            if images.dtype != np.uint8:
-                raise ImageReadError(f"{path}: {ik} is {images.dtype}, MedMNIST images are uint8")
-            out[split] = (images, labels)
-    if not out:
-        raise ImageReadError(
-            f"{path}: not a MedMNIST archive (arrays: {', '.join(npz.files)})",
-            hint="MedMNIST files hold train_images/train_labels, val_*, test_*; else use read_image(path, key=...)",
-        )
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- DICOM
-@READERS.register("dicom", suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
-def read_dicom_image(
-    path: Path,
-    *,
-    frame: int | None = None,
-    invert_monochrome1: bool = True,
-    fix_intercept: bool = True,
-    max_pixels: int | None = MAX_PIXELS,
-) -> np.ndarray:
-    """DICOM via pydicom: float32 after the modality rescale (HU for CT), MONOCHROME1 inverted; frames first.
-
-    Args:
-        path: The file.
-        frame: Read this one frame of a multi-frame file.
-        invert_monochrome1: Invert MONOCHROME1 images so that bright means dense, as for MONOCHROME2.
-        fix_intercept: Correct the 12-bit RescaleIntercept defect of some head CT scanners (see medkit.io.dicom).
-        max_pixels: Refuse images with more pixels (all frames) than this (None: no limit).
-
-    Returns:
-        float32 (H, W), (frames, H, W), or (H, W, 3) / (frames, H, W, 3) for colour files.
-    """
-    from medkit.io.dicom import read_dicom
-
-    return read_dicom(
-        path, frame=frame, invert_monochrome1=invert_monochrome1, fix_intercept=fix_intercept, max_pixels=max_pixels
-    )
+# The adapter lives in medkit.io.dicom, which never imports this module: the dependency runs one way.
+READERS.register("dicom", read_dicom_image, suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
 
 
 def reader_flags(name: str) -> Mapping[str, Any]:

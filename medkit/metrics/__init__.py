@@ -1,4 +1,4 @@
-"""The built-in metrics of the METRICS registry; importing this package registers them (numpy only, no torch).
+"""The built-in metrics of the METRICS registry, and `score()`; importing this package registers them (numpy only).
 
 Contract (docs/architecture.md): ``METRICS.create(name, **kw)`` returns a callable ``(y_true, y_score) -> float``
 with the attribute ``greater_is_better`` (also the entry flag). ``y_true`` is ``(N,)`` or ``(N, K)``; ``y_score``
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from medkit.metrics import classification, grades
 from medkit.metrics._base import Metric
+from medkit.metrics._score import build_metric, greater_is_better, score
 from medkit.metrics.classification import (
     RSNA_COLUMNS,
     RSNA_WEIGHTS,
@@ -34,6 +35,9 @@ __all__ = [
     "classification",
     "grades",
     "Metric",
+    "build_metric",
+    "greater_is_better",
+    "score",
     "RSNA_COLUMNS",
     "RSNA_WEIGHTS",
     "accuracy_score",

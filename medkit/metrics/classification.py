@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from medkit.competitions.rsna import RSNA_SUBTYPES
 from medkit.console import debug, warn
 from medkit.errors import DataError, UsageError
 from medkit.metrics._base import Metric, as_arrays, binarise, checked_options, class_indices, layout, thresholds_for
@@ -30,7 +31,7 @@ __all__ = [
     "rsna_log_loss",
 ]
 
-RSNA_COLUMNS = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
+RSNA_COLUMNS = RSNA_SUBTYPES
 RSNA_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 2.0)
 
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from medkit.competitions.ranzcr import RANZCR_GROUPS
+from medkit.competitions.rsna import RSNA_SUBTYPES
 from medkit.errors import UsageError
 from medkit.registries import TASKS
+from medkit.target import TARGETS
 
 __all__ = ["Task", "TARGET_KINDS", "task_fields"]
 
-TARGET_KINDS = ("binary", "multilabel", "multiclass", "ordinal")
+TARGET_KINDS = tuple(TARGETS)
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,8 @@ class Task:
         labels: Default label columns (empty: detected from the table).
         num_classes: Classes for ``multiclass``, grades for ``ordinal`` (0: counted from the data).
         in_chans: Image channels the model sees (1 gray, 3 RGB or CT windows, 4 image + mask).
-        windows: CT window names (medkit.io.dicom.WINDOWS) stacked as channels; empty for non-CT data.
+        windows: CT window names (`medkit.io.windows.WINDOWS`) stacked as channels; empty for non-CT data. Checked
+            when set, so a mistyped ``--windows brian`` fails before any image is read.
         img_size: Training image size (square).
         model: MODELS name.
         heads: ``single`` (one linear head) or ``groups`` (one head per label group).
@@ -86,17 +90,25 @@ class Task:
     def with_(self, **overrides: Any) -> Task:
         """A copy with the given fields changed; None values keep the preset's value.
 
+        New ``windows`` are checked by name, and give one input channel each unless ``in_chans`` is also given.
+
         Raises:
-            UsageError: For a field the task does not have.
+            UsageError: For a field the task does not have, or an unknown window name.
         """
         known = task_fields()
         bad = [k for k in overrides if k not in known]
         if bad:
             raise UsageError(f"task '{self.name}' has no field {bad[0]!r}", hint=f"fields: {', '.join(sorted(known))}")
         changes = {k: v for k, v in overrides.items() if v is not None}
-        for key in ("labels", "windows", "mean", "std"):
+        for key in ("labels", "mean", "std"):
             if key in changes and isinstance(changes[key], str):
                 changes[key] = tuple(s.strip() for s in changes[key].split(",") if s.strip())
+        if "windows" in changes:
+            from medkit.io.windows import parse_windows
+
+            changes["windows"] = tuple(parse_windows(changes["windows"]))
+            if changes["windows"] and "in_chans" not in changes:
+                changes["in_chans"] = len(changes["windows"])
         for key in ("mean", "std"):
             if key in changes:
                 changes[key] = tuple(float(v) for v in changes[key])
@@ -133,13 +145,6 @@ def _preset(name: str, **defaults: Any) -> Any:
     return factory
 
 
-_RSNA_SUBTYPES = ("epidural", "intraparenchymal", "intraventricular", "subarachnoid", "subdural", "any")
-_RANZCR_GROUPS: dict[str, tuple[str, ...]] = {
-    "ETT": ("ETT - Abnormal", "ETT - Borderline", "ETT - Normal"),
-    "NGT": ("NGT - Abnormal", "NGT - Borderline", "NGT - Incompletely Imaged", "NGT - Normal"),
-    "CVC": ("CVC - Abnormal", "CVC - Borderline", "CVC - Normal"),
-    "SwanGanz": ("Swan Ganz Catheter Present",),
-}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -147,7 +152,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "ct": dict(
         description="Head CT slices (DICOM or PNG): brain/subdural/soft-tissue windows, 5 hemorrhage subtypes + any",
         target="multilabel",
-        labels=_RSNA_SUBTYPES,
+        labels=RSNA_SUBTYPES,
         in_chans=3,
         windows=("brain", "subdural", "soft_tissue"),
         img_size=256,
@@ -170,7 +175,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         img_size=512,
         model="efficientnet_b2",
         heads="single",
-        label_groups=_RANZCR_GROUPS,
+        label_groups=dict(RANZCR_GROUPS),
         loss="bce",
         metric="auc",
         optimizer="adam",

@@ -13,9 +13,9 @@ import pytest
 from _factories import write_dicom as make_dicom
 from typer.testing import CliRunner
 
-from medkit.cli.main import app
 import medkit.audit as A
 from medkit.audit.phash import clusters, hamming, near_pairs, phash64
+from medkit.cli.main import app
 
 # ---------------------------------------------------------------------------------------------- synthetic data
 
@@ -647,3 +647,12 @@ def test_cli_audits_one_archive_file_with_sheets(tmp_path: Path) -> None:
     dup = pd.read_csv(tmp_path / "out" / "duplicates.csv")
     pair = dup.set_index("image").loc[["toy.npz/train/1", "toy.npz/test/0"], "exact_cluster"]
     assert pair.nunique() == 1
+
+
+def test_cli_fail_on_default_is_the_library_default() -> None:
+    import inspect
+
+    from medkit.cli.audit import audit
+
+    default = inspect.signature(audit).parameters["fail_on"].default
+    assert A.parse_kinds(default) == A.DEFAULT_FAIL_ON

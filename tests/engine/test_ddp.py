@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medkit.engine.data import EpochBatches
+from medkit.engine.feed import EpochBatches
 from medkit.engine.ddp import DistInfo, dist_info, relaunch_argv
 
 

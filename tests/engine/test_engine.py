@@ -1,4 +1,4 @@
-"""Engine building blocks: batch order, checkpoints, run files, the loop functions, OOF de-duplication."""
+"""Engine building blocks: batch order, checkpoints, run files, the loop, prediction and its OOF de-duplication."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import pytest
 import torch
 
 from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
-from medkit.engine.data import EpochBatches
-from medkit.engine.loop import EpochState, StepContext, evaluate, targets_to_ordinal, to_float_image, train_one_epoch
+from medkit.engine.components import InputTransforms
+from medkit.engine.feed import Batch, EpochBatches
+from medkit.engine.loop import EpochState, StepContext, train_one_epoch
+from medkit.engine.predict import predict
+from medkit.engine.runtime import Runtime
+from medkit.target import MULTICLASS, MULTILABEL, cumulative_targets
 from medkit.engine.run import data_hash, draw_curves, read_metrics, write_metrics, write_oof
 from medkit.errors import DataError, UsageError
 
@@ -144,7 +148,12 @@ def test_data_hash_changes_with_table_and_files(tmp_path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- loop
-def test_to_float_image_matches_formula() -> None:
+def to_float_image(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """The evaluation transform of the engine: ``(x / 255 - mean) / std`` per channel."""
+    return InputTransforms(mean, std, tuple(x.shape[-2:])).eval(x)
+
+
+def test_eval_transform_matches_formula() -> None:
     x = torch.tensor([[[[0, 255]], [[51, 102]]]], dtype=torch.uint8)  # (1, 2, 1, 2)
     y = to_float_image(x, [0.5, 0.0], [0.5, 1.0])
     assert torch.allclose(y[0, 0, 0], torch.tensor([-1.0, 1.0]))
@@ -152,17 +161,19 @@ def test_to_float_image_matches_formula() -> None:
 
 
 def test_targets_to_ordinal_hand_values() -> None:
-    out = targets_to_ordinal(torch.tensor([0, 2, 5]), 6)
+    out = cumulative_targets(torch.tensor([0, 2, 5]), 6)
     assert out.tolist() == [[0, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
 
 
-def _toy_loader(n: int = 12, bs: int = 4) -> list[dict]:
+CPU = Runtime(torch.device("cpu"))
+
+
+def _toy_loader(n: int = 12, bs: int = 4) -> list[Batch]:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
     target = (images.float().mean(dim=(1, 2, 3)) > 127).float().unsqueeze(1)
     return [
-        {"image": images[i : i + bs], "target": target[i : i + bs], "index": torch.arange(i, min(n, i + bs))}
-        for i in range(0, n, bs)
+        Batch(images[i : i + bs], target[i : i + bs], torch.arange(i, min(n, i + bs))) for i in range(0, n, bs)
     ]
 
 
@@ -170,8 +181,8 @@ def _ctx(model: torch.nn.Module) -> StepContext:
     return StepContext(
         loss_fn=torch.nn.BCEWithLogitsLoss(),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-        device=torch.device("cpu"),
-        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
+        runtime=CPU,
+        transforms=InputTransforms([0.5], [0.5], 4),
     )
 
 
@@ -186,7 +197,7 @@ def test_train_one_epoch_matches_a_plain_loop() -> None:
     losses = []
     for b in loader:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            ref(to_float_image(b["image"], [0.5], [0.5])), b["target"]
+            ref((b.image.float() / 255 - 0.5) / 0.5), b.target
         )
         opt.zero_grad()
         loss.backward()
@@ -209,52 +220,42 @@ def test_on_step_can_stop_and_dry_run_does_one_batch() -> None:
     assert st.step == 3 and st.seen == 12
 
 
-def test_evaluate_returns_sigmoid_or_softmax_probabilities() -> None:
+def test_predict_returns_sigmoid_or_softmax_probabilities() -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     loader = _toy_loader()
-    res = evaluate(
-        model,
-        loader,
-        device=torch.device("cpu"),
-        target="multiclass",
-        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
-    )
-    assert res["probs"].shape == (12, 3)
-    assert np.allclose(res["probs"].sum(1), 1.0, atol=1e-6)
-    assert res["index"].tolist() == list(range(12))
-    res2 = evaluate(
-        model,
-        loader,
-        device=torch.device("cpu"),
-        target="multilabel",
-        normalize=lambda x: to_float_image(x, [0.5], [0.5]),
-    )
-    x = to_float_image(torch.cat([b["image"] for b in loader]), [0.5], [0.5])
+    norm = InputTransforms([0.5], [0.5], 4).eval
+    res = predict(model, loader, CPU, MULTICLASS, norm)
+    assert res.probs.shape == (12, 3)
+    assert np.allclose(res.probs.sum(1), 1.0, atol=1e-6)
+    assert res.rows.tolist() == list(range(12))
+    res2 = predict(model, loader, CPU, MULTILABEL, norm)
+    x = to_float_image(torch.cat([b.image for b in loader]), [0.5], [0.5])
     with torch.no_grad():
-        assert np.allclose(res2["probs"], torch.sigmoid(model(x)).numpy(), atol=1e-6)
+        assert np.allclose(res2.probs, torch.sigmoid(model(x)).numpy(), atol=1e-6)
 
 
-def test_gather_eval_dedups_padded_rows_and_maps_positions() -> None:
-    from medkit.engine.data import Split
+def test_gather_dedups_padded_rows_and_maps_positions() -> None:
+    from medkit.data.dataset import Split
     from medkit.engine.ddp import DistInfo
-    from medkit.engine.fit import _gather_eval
+    from medkit.engine.predict import Predictions, gather
 
     split = Split(source=None, rows=np.array([3, 5, 9]), all_targets=np.zeros((10, 1)), ids=["a", "b", "c"])
-    res = {
-        "probs": np.array([[0.1], [0.2], [0.3], [0.1]]),
-        "index": np.array([3, 5, 9, 3]),
-        "targets": np.zeros((4, 1)),
-        "loss": 0.0,
-    }
-    out = _gather_eval(res, DistInfo(), split)
-    assert out["index"].tolist() == [0, 1, 2]
-    assert out["probs"][:, 0].tolist() == [0.1, 0.2, 0.3]
+    res = Predictions(
+        rows=np.array([3, 5, 9, 3]),
+        probs=np.array([[0.1], [0.2], [0.3], [0.1]]),
+        targets=np.zeros((4, 1)),
+        loss=0.0,
+    )
+    out = gather(res, DistInfo(), split)
+    assert out.rows.tolist() == [0, 1, 2]
+    assert out.probs[:, 0].tolist() == [0.1, 0.2, 0.3]
+    assert out.ids == ["a", "b", "c"]
 
 
 # ---------------------------------------------------------------------------------------------------- schedule, loader
 def test_plateau_follows_the_direction_of_the_metric() -> None:
-    from medkit.engine.fit import _make_schedule
+    from medkit.engine.components import build_schedule as _make_schedule
 
     def lr_after(metrics: list[float], greater: bool, extra: dict | None = None) -> float:
         opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
@@ -275,7 +276,8 @@ def test_plateau_follows_the_direction_of_the_metric() -> None:
 
 def test_one_loader_with_persistent_workers_follows_set_epoch_and_skip() -> None:
     from medkit.data.pipeline import ArraySource
-    from medkit.engine.data import Split, make_batches_loader
+    from medkit.data.dataset import Split
+    from medkit.engine.feed import make_loader as make_batches_loader
 
     images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)
     split = Split(ArraySource(images), np.arange(10), np.zeros((10, 1), np.float32), [str(i) for i in range(10)])

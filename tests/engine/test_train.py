@@ -482,7 +482,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path: Path, monke
     npz = make_npz(tmp_path / "mini.npz")
     common = ["binary", "--data", npz, *FAST, "--img-size", "28", "--epochs", "1", "--seed", "3"]
     assert train_cli(*common, "--out", tmp_path / "full").exit_code == 0
-    real_step, calls = loop._step, {"n": 0}
+    real_step, calls = loop.train_step, {"n": 0}
 
     def interrupt_third(*args: object, **kw: object) -> object:
         calls["n"] += 1
@@ -490,12 +490,12 @@ def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path: Path, monke
             raise KeyboardInterrupt
         return real_step(*args, **kw)
 
-    monkeypatch.setattr(loop, "_step", interrupt_third)
+    monkeypatch.setattr(loop, "train_step", interrupt_third)
     res = train_cli(*common, "--out", tmp_path / "cut")
     assert res.exit_code == 130 and "--resume" in res.stderr
     state = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=False)
     assert state["global_step"] == 2 and state["step"] == 2
-    monkeypatch.setattr(loop, "_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     assert train_cli(*common, "--out", tmp_path / "cut", "--resume").exit_code == 0
     full, resumed = _final_weights(tmp_path / "full"), _final_weights(tmp_path / "cut")
     assert all(torch.equal(full[k], resumed[k]) for k in full)
@@ -506,7 +506,7 @@ def test_patience_stops_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
     npz = make_npz(tmp_path / "mini.npz")
     # A metric stuck at 0.5: epoch 1 is the best, epoch 2 does not improve, so patience 1 stops after epoch 2.
-    monkeypatch.setattr(fit_mod, "_score", lambda *a, **k: 0.5)
+    monkeypatch.setattr(fit_mod, "score", lambda *a, **k: 0.5)
     res = train_cli(
         "binary",
         "--data",

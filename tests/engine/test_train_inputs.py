@@ -54,18 +54,18 @@ def test_npz_without_img_size_trains_at_its_native_size(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------------- loader
 def test_the_loaders_are_built_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medkit.engine.data as engine_data
+    import medkit.engine.feed as feed
     from medkit.engine.fit import TrainConfig, fit
     from medkit.registries import TASKS
 
     built: list[int] = []
-    real = engine_data.make_batches_loader
+    real = feed.make_loader
 
-    def counting(split, batches, workers=0, device=None):  # noqa: ANN001, ANN202
+    def counting(split, order, workers=0, pin_memory=False):  # noqa: ANN001, ANN202
         built.append(len(split))
-        return real(split, batches, workers, device)
+        return real(split, order, workers, pin_memory)
 
-    monkeypatch.setattr(engine_data, "make_batches_loader", counting)
+    monkeypatch.setattr(feed, "make_loader", counting)
     task = TASKS.create("binary", model="cnn_small", img_size=28, epochs=3, batch_size=8, augment={"hflip": 0.5})
     res = fit(TrainConfig(task=task, data=str(_npz(tmp_path / "t.npz")), out=str(tmp_path / "run"), workers=0))
     assert res.epochs_done == 3 and len(res.history) == 3
@@ -107,7 +107,7 @@ def _tiled_slides(tmp_path: Path, n_slides: int = 5) -> Path:
 
 
 def test_tile_with_masks_then_train_wsi_on_image_plus_mask(tmp_path: Path) -> None:
-    from medkit.engine.data import build_data
+    from medkit.data.dataset import build_data
     from medkit.registries import TASKS
 
     out = _tiled_slides(tmp_path)
@@ -141,10 +141,10 @@ def test_tile_with_masks_then_train_wsi_on_image_plus_mask(tmp_path: Path) -> No
     assert batch[..., 3].max() > 0
 
     # the cache stores the mask channel too, and a changed mask file gives a new cache
-    cached = build_data(task, out, out / "tiles.csv", cache_dir=tmp_path / "cache", workers=0)
+    cached = build_data(task, out, out / "tiles.csv", cache_dir=tmp_path / "cache", cache_workers=0)
     np.testing.assert_array_equal(cached.train.source.get_batch(np.arange(len(table))), batch)
     cv2.imwrite(str(out / table["mask"][0]), np.zeros((64, 64), np.uint8))
-    again = build_data(task, out, out / "tiles.csv", cache_dir=tmp_path / "cache", workers=0)
+    again = build_data(task, out, out / "tiles.csv", cache_dir=tmp_path / "cache", cache_workers=0)
     assert again.train.source.directory != cached.train.source.directory
     assert again.train.source.get_batch([0])[0, :, :, 3].max() == 0
 
@@ -171,14 +171,17 @@ def test_mask_column_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_mask_channel_is_normalised_to_its_label_values() -> None:
-    from types import SimpleNamespace
+    from types import SimpleNamespace as Namespace
 
     from medkit.data.augment import AugmentConfig, BatchAugment
-    from medkit.engine.fit import _mean_std
+    from medkit.data.dataset import channel_mean_std
     from medkit.registries import TASKS
 
+    def _mean_std(task, data):  # noqa: ANN001, ANN202
+        return channel_mean_std(task.mean, task.std, data.in_chans, data.mask_col is not None)
+
     task = TASKS.create("wsi")
-    mean, std = _mean_std(task, SimpleNamespace(in_chans=4, mask_col="mask"))
+    mean, std = _mean_std(task, Namespace(in_chans=4, mask_col="mask"))
     assert mean == [0.485, 0.456, 0.406, 0.0] and std[:3] == [0.229, 0.224, 0.225]
     x = torch.zeros(1, 4, 2, 2, dtype=torch.uint8)
     x[0, 3] = torch.tensor([[0, 1], [3, 5]], dtype=torch.uint8)
@@ -186,5 +189,5 @@ def test_mask_channel_is_normalised_to_its_label_values() -> None:
     assert torch.allclose(y[0, 3], torch.tensor([[0.0, 1.0], [3.0, 5.0]]), atol=1e-5)
     assert torch.allclose(y[0, 0], torch.full((2, 2), -0.485 / 0.229))
     gray = TASKS.create("binary")  # one mean value for a gray image + mask
-    assert _mean_std(gray, SimpleNamespace(in_chans=2, mask_col="mask")) == ([0.5, 0.0], [0.5, 1 / 255])
-    assert _mean_std(task, SimpleNamespace(in_chans=3, mask_col=None)) == (list(task.mean), list(task.std))
+    assert _mean_std(gray, Namespace(in_chans=2, mask_col="mask")) == ([0.5, 0.0], [0.5, 1 / 255])
+    assert _mean_std(task, Namespace(in_chans=3, mask_col=None)) == (list(task.mean), list(task.std))

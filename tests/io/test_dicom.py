@@ -14,9 +14,9 @@ from pydicom.uid import ExplicitVRLittleEndian
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
+from medkit.errors import DataError, UnknownNameError
 from medkit.io import dicom as D
 from medkit.io.readers import ImageReadError, read_image
-from medkit.errors import DataError, UnknownNameError
 
 
 def _window_ref(x: float, c: float, w: float) -> int:

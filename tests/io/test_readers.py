@@ -14,8 +14,8 @@ from _factories import write_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
-from medkit.io.readers import ImageReadError, detect_reader, load_medmnist, read_image, tiff_pages
 from medkit.errors import DataError, UnknownNameError, UsageError
+from medkit.io.readers import ImageReadError, detect_reader, load_medmnist, read_image, tiff_pages
 from medkit.registries import READERS
 
 

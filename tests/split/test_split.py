@@ -12,18 +12,18 @@ import pytest
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
+from medkit.competitions.rsna import looks_like_rsna_long
+from medkit.errors import DataError, UsageError
 from medkit.split import (
     assign_units,
     build_units,
     expand_separated,
     leakage_certificate,
-    looks_like_rsna_long,
     max_deviation,
     parse_holdout,
     prevalence_table,
     split_table,
 )
-from medkit.errors import DataError, UsageError
 
 runner = CliRunner()
 
@@ -121,9 +121,9 @@ def test_cli_joint_strata_names_a_missing_part(tmp_path: Path) -> None:
     pd.DataFrame({"image_id": ["a", "b", "c", "d"], "isup_grade": [0, 1, 0, 1], "data_provider": list("xxyy")}).to_csv(
         tmp_path / "t.csv", index=False
     )
-    res = runner.invoke(app, ["split", str(tmp_path / "t.csv"), "--folds", "2", "--strata", "isup_grade*provider"])
+    res = runner.invoke(app, ["split", str(tmp_path / "t.csv"), "--n-folds", "2", "--strata", "isup_grade*provider"])
     assert res.exit_code == 2 and "stratum column 'provider'" in res.stderr
-    args = ["split", str(tmp_path / "t.csv"), "--folds", "2", "--strata", "isup_grade*data_provider", "--json"]
+    args = ["split", str(tmp_path / "t.csv"), "--n-folds", "2", "--strata", "isup_grade*data_provider", "--json"]
     res = runner.invoke(app, [*args, "--group", "none", "--out", str(tmp_path / "f.csv")])
     assert res.exit_code == 0, res.output
     folds = pd.read_csv(tmp_path / "f.csv")
@@ -325,7 +325,7 @@ def test_cli_folds_default_output_and_certificate(tmp_path: Path) -> None:
     table = tmp_path / "train.csv"
     df.to_csv(table, index=False)
     before = _sha(table)
-    result = runner.invoke(app, ["split", str(table), "--folds", "3", "--strata", "site", "--json"])
+    result = runner.invoke(app, ["split", str(table), "--n-folds", "3", "--strata", "site", "--json"])
     assert result.exit_code == 0, result.stderr
     rep = json.loads(result.stdout)
     assert _sha(table) == before  # input untouched
@@ -390,7 +390,7 @@ def test_cli_holdout_with_duplicates_reports_merges(tmp_path: Path) -> None:
 def test_cli_impossible_split_exits_1_without_output(tmp_path: Path) -> None:
     table = tmp_path / "small.csv"
     pd.DataFrame({"image": list("abcd"), "patient_id": list("aabb"), "y": [1, 0, 1, 0]}).to_csv(table, index=False)
-    result = runner.invoke(app, ["split", str(table), "--folds", "3"])
+    result = runner.invoke(app, ["split", str(table), "--n-folds", "3"])
     assert result.exit_code == 1
     assert "empty folds" in result.stdout
     assert "no file written" in result.stdout
@@ -415,7 +415,7 @@ def test_cli_rsna_long_is_converted(tmp_path: Path) -> None:
 def test_cli_errors_name_the_file(tmp_path: Path) -> None:
     table = tmp_path / "t.csv"
     pd.DataFrame({"image": ["a", "b"], "y": [0, 1]}).to_csv(table, index=False)
-    result = runner.invoke(app, ["split", str(table), "--labels", "Y"])
+    result = runner.invoke(app, ["split", str(table), "--label-cols", "Y"])
     assert result.exit_code == 2
     assert "label column 'Y'" in result.stderr and "did you mean 'y'" in result.stderr
     bad = tmp_path / "dups.csv"
@@ -438,3 +438,34 @@ def test_cli_out_may_name_the_input(tmp_path: Path) -> None:
     assert list(got.columns) == ["image", "y", "fold"]
     assert got.groupby("fold")["y"].sum().tolist() == [2, 3] or got.groupby("fold")["y"].sum().tolist() == [3, 2]
     assert not (tmp_path / "t.folds.csv").exists()
+
+
+def test_cli_n_folds_and_label_cols_flags(tmp_path: Path) -> None:
+    # The same flag means the same thing in every command: --label-cols are columns, -k/--n-folds a number
+    # (--labels and --folds are tables in `medkit train`).
+    table = tmp_path / "t.csv"
+    df = pd.DataFrame(
+        {
+            "image": [f"i{i}" for i in range(12)],
+            "a": [1, 0, 0] * 4,
+            "b": [0, 1, 1, 0] * 3,
+            "c": [1] * 6 + [0] * 6,
+        }
+    )
+    df.to_csv(table, index=False)
+    result = runner.invoke(app, ["split", str(table), "-k", "3", "--label-cols", "a,b", "--json"])
+    assert result.exit_code == 0, result.stderr
+    rep = json.loads(result.stdout)
+    assert rep["label_columns"] == ["a", "b"] and [lab["name"] for lab in rep["labels"]] == ["a", "b"]
+    assert [f["rows"] for f in rep["folds"]] == [4, 4, 4]
+    assert pd.read_csv(tmp_path / "t.folds.csv")["fold"].nunique() == 3
+    result = runner.invoke(app, ["split", str(table), "--n-folds", "3", "--label-cols", "auto", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["label_columns"] == ["a", "b", "c"]
+
+    for old in (["--folds", "5"], ["--labels", "a,b"]):
+        result = runner.invoke(app, ["split", str(table), *old])
+        assert result.exit_code == 2
+        assert f"No such option: {old[0]}" in result.stderr
+        assert "--n-folds" in result.stderr if old[0] == "--folds" else "--label-cols" in result.stderr
+        assert result.stdout == ""

@@ -14,18 +14,20 @@ import tifffile
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
+from medkit.errors import DataError, UsageError
 from medkit.io.slide import TiffSlide, choose_level, open_slide
 from medkit.tile import (
     TileOptions,
+    find_slides,
     make_grid,
     make_mosaic,
     score_slide_level,
     score_tiles,
     select_tiles,
     tile_slide,
+    tile_slides,
     tile_sums,
 )
-from medkit.errors import DataError
 
 runner = CliRunner()
 S = 32  # tile size used throughout: small slides, fast tests
@@ -191,7 +193,7 @@ def test_ties_are_broken_by_position() -> None:
 def test_threaded_read_and_banded_scoring_match(
     tmp_path: Path, size: int, method: str, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("medkit.tile.THREADED_MIN_PIXELS", 0)  # thread even this small level
+    monkeypatch.setattr("medkit.tile._score.THREADED_MIN_PIXELS", 0)  # thread even this small level
     img, _ = planted(seed=3)
     img[100:140, 10:50] = (200, 80, 160)  # some saturated tissue for the otsu rule
     path = write_pyramid(tmp_path / "b.tiff", img)  # TIFF tiles of 32 px: misaligned with grids of 40 or 24 px
@@ -529,3 +531,28 @@ def test_only_the_chosen_level_is_decoded(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(TiffSlide, "read_region", spy_region)
     res = tile_slide(tmp_path / "s.tiff", TileOptions(out=str(tmp_path / "o"), n=4, size=S, level=1, fmt="npz"))
     assert res.status == "done" and set(seen) == {1}
+
+
+def test_tile_slides_orders_results_and_reports_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d = tmp_path / "s"
+    d.mkdir()
+    for name in ("b", "a"):
+        write_pyramid(d / f"{name}.tiff", planted(seed=len(name))[0])
+    (d / "c.tiff").write_bytes(b"not a tiff")
+    paths = find_slides([d, d / "a.tiff"])  # a folder and a file in it: each slide once
+    assert [p.name for p in paths] == ["a.tiff", "b.tiff", "c.tiff"]
+    seen: list[str] = []
+    opts = TileOptions(out=str(tmp_path / "o"), n=2, size=S, fmt="npz", threads=7)
+    results = tile_slides(paths, opts, workers=0, on_progress=lambda r: seen.append(r.slide_id))
+    assert [r.slide_id for r in results] == ["a", "b", "c"] and sorted(seen) == ["a", "b", "c"]
+    assert [r.status for r in results] == ["done", "done", "failed"]
+    # One slide at a time: decoder threads (at most 4) replace whatever the options said.
+    monkeypatch.setattr("medkit.tile._run.usable_cores", lambda: 16)
+    got: list[int] = []
+    monkeypatch.setattr("medkit.tile._run.tile_slide", lambda p, o: got.append(o.threads) or results[0])
+    tile_slides(paths[:1], opts, workers=1)
+    assert got == [4]
+    (tmp_path / "t").mkdir()
+    write_pyramid(tmp_path / "t" / "a.tiff", planted()[0])
+    with pytest.raises(UsageError, match="two slides share the id 'a'"):
+        find_slides([d / "a.tiff", tmp_path / "t" / "a.tiff"])
