@@ -73,3 +73,55 @@ def write_dicom(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=preamble)
     return path
+
+
+def write_medmnist(
+    path: Path, images: dict[str, np.ndarray], labels: dict[str, np.ndarray], compressed: bool = False
+) -> Path:
+    """An .npz in the MedMNIST layout: ``<split>_images`` and ``<split>_labels`` for each split given."""
+    arrays = {**{f"{s}_images": v for s, v in images.items()}, **{f"{s}_labels": v for s, v in labels.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (np.savez_compressed if compressed else np.savez)(path, **arrays)
+    return path
+
+
+def synthetic_medmnist(
+    path: Path, counts: Sequence[int] = (40, 16, 16), size: int = 28, seed: int = 0, learnable: bool = True
+) -> Path:
+    """A binary MedMNIST-layout archive with train/val/test splits of ``counts`` images, labels alternating 0/1.
+
+    ``learnable``: label 1 images are brighter (grey 170 vs 80, noise sd 25), so a model can learn them; otherwise
+    the pixels are uniform noise.
+    """
+    rng = np.random.default_rng(seed)
+    images, labels = {}, {}
+    for split, count in zip(("train", "val", "test"), counts, strict=True):
+        y = np.arange(count) % 2
+        if learnable:
+            base = np.where(y[:, None, None] == 1, 170, 80)
+            images[split] = np.clip(base + rng.normal(0, 25, (count, size, size)), 0, 255).astype(np.uint8)
+        else:
+            images[split] = rng.integers(0, 256, (count, size, size), dtype=np.uint8)
+        labels[split] = y[:, None].astype(np.uint8)
+    return write_medmnist(path, images, labels)
+
+
+def png_table(
+    root: Path, labels: dict[str, list[int]], n: int, rgb: bool = False, folds: int = 2, seed: int = 0
+) -> Path:
+    """Random 40x40 PNGs under root/img plus root/labels.csv with the given label columns, patient ids and folds."""
+    import cv2
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    (root / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        shape = (40, 40, 3) if rgb else (40, 40)
+        cv2.imwrite(str(root / "img" / f"im{i:03d}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+        row = {"image": f"img/im{i:03d}.png", "patient_id": f"p{i // 2}", "fold": (i // 2) % folds}
+        row.update({k: v[i] for k, v in labels.items()})
+        rows.append(row)
+    path = root / "labels.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path

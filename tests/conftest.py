@@ -29,3 +29,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def dicom_writer():  # noqa: ANN201
+    """`_factories.write_dicom`: a minimal DICOM file with given stored values and header fields."""
+    from _factories import write_dicom
+
+    return write_dicom
+
+
+@pytest.fixture
+def medmnist_writer():  # noqa: ANN201
+    """`_factories.synthetic_medmnist`: a binary MedMNIST-layout .npz with train/val/test splits."""
+    from _factories import synthetic_medmnist
+
+    return synthetic_medmnist
+
+
+@pytest.fixture
+def png_table_writer():  # noqa: ANN201
+    """`_factories.png_table`: PNGs plus a labels.csv with patient ids and folds."""
+    from _factories import png_table
+
+    return png_table

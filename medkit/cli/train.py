@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -224,20 +223,18 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a model on a task preset (ct, cxr, wsi, scan, binary, multiclass, multilabel), resumable, DDP-ready."""
-    from medkit.console import info, print_json
-    from medkit.console import out as stdout
-    from medkit.registries import TASKS
+    from medkit.engine.ddp import dist_info
+    from medkit.engine.fit import TrainConfig, fit, profile_steps
+    from medkit.engine.folds import fit_folds
 
-    if gpus > 1 and int(os.environ.get("WORLD_SIZE", "1") or 1) == 1:
-        import subprocess
-
-        from medkit.engine.ddp import relaunch_argv
-
-        info(f"launching {gpus} processes under torch.distributed.run")
-        code = subprocess.call(relaunch_argv(gpus, sys.argv[1:]))
-        raise typer.Exit(code)
-
-    overrides: dict[str, Any] = dict(
+    if gpus > 1 and dist_info().world_size == 1:
+        _relaunch(gpus)
+    preset = _preset(
+        task,
+        data,
+        img_size,
+        loss_kwargs=_kv(loss_arg, "--loss-arg") if loss_arg else None,
+        augment={} if no_augment else None,
         model=model,
         heads=heads,
         in_chans=in_chans,
@@ -250,40 +247,18 @@ def train(
         scheduler=scheduler,
         epochs=epochs,
         batch_size=batch_size,
-        img_size=img_size,
         labels=label_cols,
     )
-    if loss_arg:
-        overrides["loss_kwargs"] = _kv(loss_arg, "--loss-arg")
-    if no_augment:
-        overrides["augment"] = {}
-    preset = TASKS.create(task, **overrides)
-    if img_size is None and data.suffix.lower() == ".npz":
-        from medkit.io.medmnist import medmnist_image_size
-
-        native = medmnist_image_size(data)
-        if native and native != preset.img_size:
-            # upsampling 28 px MedMNIST images to a 224 px preset costs 64x the compute and adds no detail
-            info(f"--img-size not given: using the {native} px images of {data.name} as they are")
-            preset = preset.with_(img_size=native)
-    if fold is not None and fold != "all":
-        try:
-            fold_num: int | None = int(fold)
-        except ValueError:
-            raise UsageError(f"--fold must be an integer or 'all', not '{fold}'") from None
-    else:
-        fold_num = None
+    if stage2_optimizer and stage2_epochs < 1:  # checked again by plan_stages; here before any data is read
+        raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
     run_out = out or Path("runs") / f"{task}-{preset.model.replace('/', '_')}"
-
-    from medkit.engine.fit import TrainConfig, fit, fit_folds
-
     cfg = TrainConfig(
         task=preset,
         data=str(data),
         labels=str(labels) if labels else None,
         out=str(run_out),
         folds=str(folds) if folds else None,
-        fold=fold_num,
+        fold=_fold_number(fold),
         label_cols=split_columns(label_cols),
         image_col=image_col,
         pretrained=pretrained,
@@ -315,85 +290,119 @@ def train(
         profile=profile,
         argv=sys.argv[:],
     )
-    if stage2_optimizer and stage2_epochs < 1:  # checked again by plan_stages; here before any data is read
-        raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
-
     if profile:
-        from medkit.engine.fit import profile_steps
-
         summary = profile_steps(cfg, profile)
-        from medkit.engine.ddp import dist_info
-
-        if not dist_info().is_main:
-            return
-        if json_out:
-            print_json(summary)
-        else:
-            stdout.print(
-                f"profile: {int(summary['steps'])} steps, data wait {summary['data_wait_ms']:.1f} ms, "
-                f"step {summary['step_ms']:.1f} ms, waiting {100 * summary['wait_fraction']:.0f}% of the time, "
-                f"{summary['img_per_s']:.0f} img/s"
-            )
-        return
-
-    if fold == "all":
+        if dist_info().is_main:
+            _print_profile(summary, json_out)
+    elif fold == "all":
         from medkit.data.dataset import fold_numbers
 
         record = fit_folds(cfg, fold_numbers(folds or labels))
-        from medkit.engine.ddp import dist_info
+        if dist_info().is_main:
+            _print_folds(record, run_out, json_out)
+    else:
+        result = fit(cfg)
+        if dist_info().is_main:  # under DDP only rank 0 reports
+            _print_run(task, result, json_out)
 
-        if not dist_info().is_main:
-            return
-        if json_out:
-            print_json({"run_dir": str(run_out), **record})
-            return
-        from rich.table import Table
 
-        table = Table(title=f"cross-validation: {record['metric']}")
-        table.add_column("fold")
-        table.add_column(record["metric"], justify="right")
-        for k, v in record["folds"].items():
-            table.add_row(k, f"{v:.4f}")
-        table.add_row("mean", f"{record['mean']:.4f}")
-        if "cv" in record:
-            table.add_row("OOF", f"{record['cv']:.4f}")
-        stdout.print(table)
-        stdout.print(str(Path(run_out) / "cv.json"))
-        return
+def _relaunch(gpus: int) -> None:
+    """Re-run this command under torch.distributed.run with ``gpus`` processes, and exit with its code."""
+    import subprocess
 
-    result = fit(cfg)
-    from medkit.engine.ddp import dist_info
+    from medkit.console import info
+    from medkit.engine.ddp import relaunch_argv
 
-    if not dist_info().is_main:  # under DDP only rank 0 reports
-        return
-    summary = {
-        "run_dir": str(result.run_dir),
-        "metric": result.metric,
-        "best": result.best_metric,
-        "best_epoch": result.best_epoch,
-        "epochs": result.epochs_done,
-        "steps": result.steps,
-        "stopped": result.stopped or None,
-        "test": result.test or None,
-    }
+    info(f"launching {gpus} processes under torch.distributed.run")
+    raise typer.Exit(subprocess.call(relaunch_argv(gpus, sys.argv[1:])))
+
+
+def _preset(name: str, data: Path, img_size: int | None, **overrides: Any) -> Any:
+    """The task preset with the flags that were given; a MedMNIST archive keeps its own image size by default."""
+    from medkit.registries import TASKS
+
+    preset = TASKS.create(name, img_size=img_size, **overrides)
+    if img_size is None and data.suffix.lower() == ".npz":
+        from medkit.data.dataset import archive_task
+
+        preset = archive_task(preset, data)
+    return preset
+
+
+def _fold_number(fold: str | None) -> int | None:
+    if fold is None or fold == "all":
+        return None
+    try:
+        return int(fold)
+    except ValueError:
+        raise UsageError(f"--fold must be an integer or 'all', not '{fold}'") from None
+
+
+def _print_profile(summary: dict[str, float], json_out: bool) -> None:
+    from medkit.console import out, print_json
+
     if json_out:
         print_json(summary)
         return
+    out.print(
+        f"profile: {int(summary['steps'])} steps, data wait {summary['data_wait_ms']:.1f} ms, "
+        f"step {summary['step_ms']:.1f} ms, waiting {100 * summary['wait_fraction']:.0f}% of the time, "
+        f"{summary['img_per_s']:.0f} img/s"
+    )
+
+
+def _print_folds(record: dict[str, Any], run_out: Path, json_out: bool) -> None:
     from rich.table import Table
 
+    from medkit.console import out, print_json
+
+    if json_out:
+        print_json({"run_dir": str(run_out), **record})
+        return
+    table = Table(title=f"cross-validation: {record['metric']}")
+    table.add_column("fold")
+    table.add_column(record["metric"], justify="right")
+    for k, v in record["folds"].items():
+        table.add_row(k, f"{v:.4f}")
+    table.add_row("mean", f"{record['mean']:.4f}")
+    if "cv" in record:
+        table.add_row("OOF", f"{record['cv']:.4f}")
+    out.print(table)
+    out.print(str(Path(run_out) / "cv.json"))
+
+
+def _print_run(task: str, result: Any, json_out: bool) -> None:
+    from rich.table import Table
+
+    from medkit.console import out, print_json
+
+    if json_out:
+        print_json(
+            {
+                "run_dir": str(result.run_dir),
+                "metric": result.metric,
+                "best": result.best_metric,
+                "best_epoch": result.best_epoch,
+                "epochs": result.epochs_done,
+                "steps": result.steps,
+                "stopped": result.stopped or None,
+                "test": result.test or None,
+            }
+        )
+        return
     table = Table(title=f"medkit train {task}")
     table.add_column("run")
     table.add_column(f"best {result.metric}", justify="right")
     table.add_column("epoch", justify="right")
     table.add_column("steps", justify="right")
-    for k in result.test:
-        if k != "n":
-            table.add_column(f"test {k}", justify="right")
+    tests = {k: v for k, v in result.test.items() if k != "n"}
+    for k in tests:
+        table.add_column(f"test {k}", justify="right")
     table.add_row(
         str(result.run_dir),
         f"{result.best_metric:.4f}",
         str(result.best_epoch),
         str(result.steps),
-        *[f"{v:.4f}" for k, v in result.test.items() if k != "n"],
+        *[f"{v:.4f}" for v in tests.values()],
     )
-    stdout.print(table)
+    out.print(table)

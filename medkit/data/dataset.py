@@ -21,7 +21,16 @@ import numpy as np
 from medkit.errors import DataError, UsageError
 from medkit.target import TargetKind, target_kind
 
-__all__ = ["Split", "TrainData", "build_data", "channel_mean_std", "holdout_mask", "data_hash", "fold_numbers"]
+__all__ = [
+    "Split",
+    "TrainData",
+    "build_data",
+    "channel_mean_std",
+    "holdout_mask",
+    "data_hash",
+    "fold_numbers",
+    "archive_task",
+]
 
 
 @dataclass
@@ -500,3 +509,20 @@ def fold_numbers(table: str | os.PathLike[str] | None) -> list[int]:
     if spec.fold is None:
         raise UsageError(f"--fold all: {table} has no fold column", hint="write folds with `medkit split`")
     return sorted(int(v) for v in set(df[spec.fold].dropna().tolist()))
+
+
+def archive_task(task: Any, path: str | os.PathLike[str]) -> Any:
+    """The task at a MedMNIST archive's own image size (28, 64, 128 or 224 px), when it differs from the preset's.
+
+    Upsampling 28 px MedMNIST images to a 224 px preset costs 64x the compute and adds no detail, so without an
+    explicit ``--img-size`` the archive's size is used (and said).
+    """
+    from medkit.io.medmnist import medmnist_image_size
+
+    native = medmnist_image_size(path)
+    if not native or native == task.img_size:
+        return task
+    from medkit.console import info
+
+    info(f"--img-size not given: using the {native} px images of {Path(path).name} as they are")
+    return task.with_(img_size=native)

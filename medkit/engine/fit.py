@@ -1,4 +1,4 @@
-"""`fit()`: train one run (one fold) end to end, resumably; `fit_folds()` trains every fold and joins the OOF.
+"""`fit()`: train one run (one fold) end to end, resumably (`medkit.engine.folds.fit_folds` trains every fold).
 
 This module only orchestrates. The parts come from `medkit.engine.components` (model, loss, optimizer, EMA,
 transforms), the stages from `medkit.engine.stages`, the batches from a `medkit.engine.feed.Feeder`, the steps from
@@ -26,8 +26,9 @@ from medkit.engine.run import RunDir, draw_curves, write_metrics, write_oof
 from medkit.engine.state import TrainParts, TrainState
 from medkit.errors import DataError, Interrupted, UsageError
 from medkit.metrics import score
+from medkit.target import BINARY
 
-__all__ = ["TrainConfig", "FitResult", "fit", "fit_folds", "profile_steps"]
+__all__ = ["TrainConfig", "FitResult", "fit", "profile_steps"]
 
 
 @dataclass
@@ -480,6 +481,7 @@ def _train(tr: Trainer) -> None:
 def _run_epoch(tr: Trainer) -> tuple[Predictions, float, float] | None:
     """Train one epoch (from where a resumed one stopped) and validate; None when ``--max-steps`` stopped it."""
     from medkit.console import Progress
+
     st, cfg = tr.state, tr.cfg
     tr.train_feed.set_epoch(st.epoch, st.progress.step)
     total = sum(len(b) for b in tr.train_feed.order.batches()) if not cfg.dry_run else None
@@ -585,6 +587,7 @@ def _score_test(tr: Trainer) -> dict[str, float]:
     """Score the held-out test split with the best checkpoint: the task metric, plus AUC / ACC for binary."""
     from medkit.engine.feed import make_feeder
     from medkit.engine.spec import evaluated_weights
+
     data, model = tr.data, tr.parts.model
     model.load_state_dict(evaluated_weights(load_checkpoint(tr.run.best, map_location="cpu")))
     feed = make_feeder(data.test, tr.cfg.task.batch_size, tr.rt, train=False, seed=tr.cfg.seed)
@@ -593,7 +596,7 @@ def _score_test(tr: Trainer) -> dict[str, float]:
     )
     y = data.test.targets[preds.rows]
     scores = {tr.cfg.task.metric: score(tr.metric, data.target, y, preds.probs), "n": float(len(y))}
-    if data.target.name == "binary":
+    if data.target is BINARY:
         from sklearn.metrics import roc_auc_score
 
         yt, p = y.reshape(-1), preds.probs.reshape(-1)
@@ -605,7 +608,7 @@ def _score_test(tr: Trainer) -> dict[str, float]:
     return scores
 
 
-# ---------------------------------------------------------------------------------------------------- folds, profile
+# ---------------------------------------------------------------------------------------------------- profile
 def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
     """Train ``steps`` steps into a throw-away folder and return the data-wait vs step-time summary."""
     import tempfile
@@ -622,66 +625,3 @@ def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
             evaluate_test=False,
         )
         return fit(sub).profile
-
-
-def fit_folds(cfg: TrainConfig, folds: list[int]) -> dict[str, Any]:
-    """Train every fold into ``out/fold<k>`` and write the joined oof.csv and cv.json at the top.
-
-    Returns:
-        The cv.json record: per-fold best metric, the mean, and the metric over the joined OOF.
-    """
-    from medkit.engine.ddp import dist_info
-
-    root = RunDir(cfg.out)
-    results = [_fit_fold(cfg, root, k) for k in folds]
-    record: dict[str, Any] = {"metric": cfg.task.metric, "folds": {str(k): m for k, m in results}}
-    vals = [m for _, m in results if math.isfinite(m)]
-    record["mean"] = float(np.mean(vals)) if vals else float("nan")
-    record["std"] = float(np.std(vals)) if vals else float("nan")
-    if dist_info().is_main:
-        _join_oof(cfg, root, [k for k, _ in results], record)
-    return record
-
-
-def _fit_fold(cfg: TrainConfig, root: RunDir, k: int) -> tuple[int, float]:
-    """Train fold ``k`` (or take its result when a resumed ``--fold all`` finds it finished)."""
-    sub = replace(cfg, fold=k, out=str(root.fold(k).root), resume=cfg.resume and root.fold(k).last.exists())
-    if sub.resume:
-        state = load_checkpoint(root.fold(k).last)
-        if state.get("finished"):
-            return k, float(state.get("best", float("nan")))
-    return k, fit(sub).best_metric
-
-
-def _join_oof(cfg: TrainConfig, root: RunDir, folds: list[int], record: dict[str, Any]) -> None:
-    """Write the joined oof.csv and cv.json (with the metric over the joined OOF)."""
-    import pandas as pd
-
-    from medkit._io import write_json
-    from medkit.data.table import save_table
-
-    frames = [pd.read_csv(root.fold(k).oof_csv).assign(fold=k) for k in folds if root.fold(k).oof_csv.exists()]
-    if frames:
-        oof = pd.concat(frames, ignore_index=True)
-        save_table(oof, root.oof_csv)
-        record["oof_rows"] = len(oof)
-        record["cv"] = oof_score(cfg.task.metric, cfg.task.target, oof)
-    write_json(root.cv_json, record)
-
-
-def oof_score(metric: str, target: str, oof: Any) -> float:
-    """The metric over an OOF table (targets and ``*_prob`` columns as written by `write_oof`)."""
-    from medkit.target import target_kind
-
-    prob_cols = [c for c in oof.columns if str(c).endswith("_prob")]
-    probs = oof[prob_cols].to_numpy(dtype=np.float64)
-    kind = target_kind(target).for_columns(len(prob_cols))
-    if "target" in oof.columns:
-        y = oof["target"].to_numpy()
-        if kind.name == "binary":
-            y = y.astype(np.float64)
-    else:
-        y = oof[[c[: -len("_prob")] for c in prob_cols]].to_numpy(dtype=np.float64)
-    if kind.name == "binary" and y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    return score(metric, kind, y, probs)

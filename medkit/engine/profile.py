@@ -18,8 +18,8 @@ class Profiler:
     Usage::
 
         prof = Profiler(enabled=profile, sync=runtime.synchronize)
-        for batch in prof.iter(loader):
-            with prof.step(len(batch["index"])):
+        for batch in prof.iter(feeder):
+            with prof.step(len(batch)):
                 ...  # forward, backward, optimizer step
         prof.summary()  # dict; prof.report() logs it to stderr
 

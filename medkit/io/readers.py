@@ -16,7 +16,6 @@ this module stays cheap.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -370,8 +369,3 @@ def read_npz(
 # ---------------------------------------------------------------------------------------------- DICOM
 # The adapter lives in medkit.io.dicom, which never imports this module: the dependency runs one way.
 READERS.register("dicom", read_dicom_image, suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
-
-
-def reader_flags(name: str) -> Mapping[str, Any]:
-    """The flags (suffixes, magic) of a registered reader."""
-    return READERS.get(name).flags

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from _factories import write_dicom as make_dicom
+from _factories import write_medmnist as medmnist_npz
 from typer.testing import CliRunner
 
 import medkit.audit as A
@@ -607,11 +608,7 @@ def write_medmnist(path: Path) -> Path:
     labels["train"][2, 0], labels["train"][3, 0] = 0, 1
     labels["test"][0, 0] = labels["train"][1, 0]  # the leaked copy keeps its label: leakage, not a conflict
     imgs["val"][2] = np.clip(imgs["train"][4].astype(int) + 1, 0, 255).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(
-        path, **{f"{sp}_images": v for sp, v in imgs.items()}, **{f"{sp}_labels": v for sp, v in labels.items()}
-    )
-    return path
+    return medmnist_npz(path, imgs, labels, compressed=True)
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -172,3 +172,26 @@ def test_unknown_config_key_is_named(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--config", str(cfg), "list"])
     assert result.exit_code == 2
     assert "unknown option 'jsn' in [list] (did you mean 'json'?)" in result.stderr
+
+
+def test_environment_variables_are_named_after_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medkit.cli._generate import cli_markdown
+
+    doc = cli_markdown()
+    assert "`MEDKIT_TRAIN_COMPILE`" in doc and "MEDKIT_TRAIN_COMPILE_`" not in doc
+    assert "`MEDKIT_TRAIN_JSON`" in doc and "JSON_OUT" not in doc
+    assert "MEDKIT_VERSION" not in doc and "MEDKIT_INSTALL_COMPLETION" not in doc
+    # a MEDKIT_VERSION set for another reason (a CI job pinning the package) must not hijack every command
+    monkeypatch.setenv("MEDKIT_VERSION", "1")
+    result = runner.invoke(app, ["list", "tasks", "--json"])
+    assert result.exit_code == 0 and not result.stdout.startswith("medkit ")
+    assert {row["name"] for row in json.loads(result.stdout)} >= {"ct", "cxr", "wsi"}
+    monkeypatch.setenv("MEDKIT_LIST_JSON", "0")
+    assert not runner.invoke(app, ["list", "tasks"]).stdout.lstrip().startswith("[")
+
+
+def test_unknown_window_is_refused_before_any_data_is_read(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["train", "ct", "--data", str(tmp_path / "absent"), "--windows", "brain,brian"])
+    assert result.exit_code == 2
+    assert "unknown window 'brian' (did you mean 'brain'?)" in result.stderr
+    assert "absent" not in result.stderr  # failed on the flag, not on the missing data

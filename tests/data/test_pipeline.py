@@ -1,4 +1,7 @@
-"""Preprocess, the sources, ImageDataset, make_loader, to_device, the prefetcher and the profiler."""
+"""Preprocess, the sources, ImageDataset, batched augmentation, DICOM windows and masks.
+
+The DataLoader, the batch order and the feeders over these datasets are tested in tests/engine/test_feed.py.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 import torch
 from _factories import write_dicom
 
-from medkit.data.loader import CUDAPrefetcher, ImageDataset, Profiler, default_workers, make_loader, to_device
+from medkit.data.loader import ImageDataset
 from medkit.data.pipeline import ArraySource, FileSource, Preprocess, to_uint8
 from medkit.errors import DataError, UsageError
 
@@ -137,65 +140,6 @@ def test_dataset_items_and_batches() -> None:
         ImageDataset(ArraySource(np.zeros((4, 3, 3), np.uint8)), None, [0, 4])
 
 
-def _order(loader: torch.utils.data.DataLoader) -> list[int]:
-    return [i for b in loader for i in b["index"].tolist()]
-
-
-def test_loader_batches_and_shuffle_determinism() -> None:
-    ds = _dataset(n=20)
-    loader = make_loader(ds, batch_size=6, shuffle=True, seed=5, workers=0)
-    batches = list(loader)
-    assert [len(b["index"]) for b in batches] == [6, 6, 6, 2]
-    b0 = batches[0]
-    assert b0["image"].dtype == torch.uint8 and b0["image"].shape == (6, 2, 6, 5)
-    assert b0["target"].shape == (6, 3) and b0["index"].dtype == torch.long
-    for j, i in enumerate(b0["index"].tolist()):
-        assert torch.equal(b0["image"][j], ds[i]["image"])
-    first = _order(make_loader(ds, 6, True, seed=5, workers=0))
-    assert sorted(first) == list(range(20))
-    assert first == _order(make_loader(ds, 6, True, seed=5, workers=0))
-    assert first != _order(make_loader(ds, 6, True, seed=6, workers=0))
-    assert _order(make_loader(ds, 6, False, seed=5, workers=0)) == list(range(20))
-    dropped = make_loader(ds, 6, True, seed=5, workers=0, drop_last=True)
-    assert len(list(dropped)) == 3
-
-
-def test_loader_with_a_worker_gives_the_same_order_and_pixels() -> None:
-    ds = _dataset(n=12)
-    a = list(make_loader(ds, 4, True, seed=9, workers=0))
-    b = list(make_loader(ds, 4, True, seed=9, workers=1))
-    assert [x["index"].tolist() for x in a] == [x["index"].tolist() for x in b]
-    assert all(torch.equal(x["image"], y["image"]) for x, y in zip(a, b, strict=True))
-
-
-def test_loader_rejects_bad_arguments() -> None:
-    with pytest.raises(UsageError, match="batch size"):
-        make_loader(_dataset(), 0, True)
-    with pytest.raises(UsageError, match="distributed"):
-        make_loader(_dataset(), 4, True, distributed=True)
-    assert 0 <= default_workers() <= 8
-
-
-def test_to_device_and_prefetcher_on_cpu() -> None:
-    ds = _dataset(n=8)
-    loader = make_loader(ds, 4, False, workers=0)
-    moved = [to_device(b, torch.device("cpu")) for b in loader]
-    fetched = list(CUDAPrefetcher(loader, "cpu"))
-    assert len(fetched) == 2
-    for m, f in zip(moved, fetched, strict=True):
-        assert torch.equal(m["image"], f["image"]) and torch.equal(m["index"], f["index"])
-    assert fetched[0]["image"].is_contiguous(memory_format=torch.channels_last)
-
-
-@pytest.mark.gpu
-def test_prefetcher_on_cuda_matches_cpu() -> None:
-    ds = _dataset(n=8)
-    loader = make_loader(ds, 4, False, workers=0, device=torch.device("cuda"))
-    for b, c in zip(CUDAPrefetcher(loader, "cuda"), loader, strict=True):
-        assert b["image"].is_cuda
-        assert torch.equal(b["image"].cpu(), c["image"])
-
-
 @pytest.mark.gpu
 def test_batch_augment_gpu_matches_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     from medkit.data.augment import AugmentConfig, BatchAugment
@@ -208,40 +152,6 @@ def test_batch_augment_gpu_matches_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu = aug(x, torch.Generator().manual_seed(1))
     gpu = aug(x.cuda(), torch.Generator().manual_seed(1))
     torch.testing.assert_close(gpu.cpu(), cpu, atol=2e-3, rtol=0)
-
-
-def test_profiler_summary() -> None:
-    prof = Profiler(enabled=True, skip=1)
-    data = [{"index": torch.arange(4)} for _ in range(5)]
-    for batch in prof.iter(data):
-        with prof.step(len(batch["index"])):
-            pass
-    s = prof.summary()
-    assert s["steps"] == 4
-    assert s["data_wait_ms"] >= 0 and s["step_ms"] >= 0
-    assert 0 <= s["wait_fraction"] <= 1
-    total = sum(prof.data_s[1:]) + sum(prof.step_s[1:])
-    assert s["img_per_s"] == pytest.approx(16 / total)
-    off = Profiler(enabled=False)
-    assert len(list(off.iter(data))) == 5 and off.data_s == []
-
-
-def test_distributed_loader_uses_a_seeded_distributed_sampler(tmp_path: Path) -> None:
-    import torch.distributed as dist
-    from torch.utils.data.distributed import DistributedSampler
-
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        ds = _dataset(n=10)
-        loader = make_loader(ds, 5, True, seed=3, workers=0, distributed=True)
-        assert isinstance(loader.sampler, DistributedSampler)
-        epoch0 = _order(loader)
-        assert sorted(epoch0) == list(range(10))
-        assert epoch0 == _order(make_loader(ds, 5, True, seed=3, workers=0, distributed=True))
-        loader.sampler.set_epoch(1)  # the caller's job every epoch: a new order
-        assert _order(loader) != epoch0
-    finally:
-        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------------------------------- DICOM windows

@@ -12,22 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from _factories import synthetic_medmnist
 
-from medkit.engine.feed import EpochBatches
 from medkit.engine.ddp import DistInfo, dist_info, relaunch_argv
+from medkit.engine.feed import EpochBatches
 
 
 def _npz(path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
     # 17 validation images: not a multiple of 2 processes x 4, so padding and de-duplication are exercised.
-    for split, n in (("train", 24), ("val", 17), ("test", 8)):
-        labels = np.arange(n) % 2
-        imgs = np.clip(np.where(labels[:, None, None] == 1, 170, 80) + rng.normal(0, 25, (n, 28, 28)), 0, 255)
-        arrays[f"{split}_images"] = imgs.astype(np.uint8)
-        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8)
-    np.savez(path, **arrays)
-    return path
+    return synthetic_medmnist(path, (24, 17, 8))
 
 
 def test_dist_info_reads_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,10 +11,10 @@ from medkit.engine.components import InputTransforms
 from medkit.engine.feed import Batch, EpochBatches
 from medkit.engine.loop import EpochState, StepContext, train_one_epoch
 from medkit.engine.predict import predict
-from medkit.engine.runtime import Runtime
-from medkit.target import MULTICLASS, MULTILABEL, cumulative_targets
 from medkit.engine.run import data_hash, draw_curves, read_metrics, write_metrics, write_oof
+from medkit.engine.runtime import Runtime
 from medkit.errors import DataError, UsageError
+from medkit.target import MULTICLASS, MULTILABEL, cumulative_targets
 
 
 # ---------------------------------------------------------------------------------------------------- batch order
@@ -172,9 +172,7 @@ def _toy_loader(n: int = 12, bs: int = 4) -> list[Batch]:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 4, 4), generator=g, dtype=torch.uint8)
     target = (images.float().mean(dim=(1, 2, 3)) > 127).float().unsqueeze(1)
-    return [
-        Batch(images[i : i + bs], target[i : i + bs], torch.arange(i, min(n, i + bs))) for i in range(0, n, bs)
-    ]
+    return [Batch(images[i : i + bs], target[i : i + bs], torch.arange(i, min(n, i + bs))) for i in range(0, n, bs)]
 
 
 def _ctx(model: torch.nn.Module) -> StepContext:
@@ -196,9 +194,7 @@ def test_train_one_epoch_matches_a_plain_loop() -> None:
     opt = torch.optim.SGD(ref.parameters(), lr=0.1)
     losses = []
     for b in loader:
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            ref((b.image.float() / 255 - 0.5) / 0.5), b.target
-        )
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ref((b.image.float() / 255 - 0.5) / 0.5), b.target)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -275,8 +271,8 @@ def test_plateau_follows_the_direction_of_the_metric() -> None:
 
 
 def test_one_loader_with_persistent_workers_follows_set_epoch_and_skip() -> None:
-    from medkit.data.pipeline import ArraySource
     from medkit.data.dataset import Split
+    from medkit.data.pipeline import ArraySource
     from medkit.engine.feed import make_loader as make_batches_loader
 
     images = np.arange(10 * 4 * 4, dtype=np.uint8).reshape(10, 4, 4)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _factories import write_dicom
+from _factories import png_table, synthetic_medmnist, write_dicom
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -21,37 +21,7 @@ FAST = ["--model", "cnn_small", "--img-size", "32", "--batch-size", "8", "--devi
 # ---------------------------------------------------------------------------------------------------- tiny data
 def make_npz(path: Path, n: tuple[int, int, int] = (40, 16, 16), size: int = 28, seed: int = 0) -> Path:
     """A MedMNIST-layout binary npz whose label is learnable (label 1 = brighter image)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), n, strict=True):
-        labels = np.arange(count) % 2
-        base = np.where(labels[:, None, None] == 1, 170, 80)
-        imgs = np.clip(base + rng.normal(0, 25, (count, size, size)), 0, 255).astype(np.uint8)
-        arrays[f"{split}_images"] = imgs
-        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8)
-    np.savez(path, **arrays)
-    return path
-
-
-def make_png_table(
-    root: Path, labels: dict[str, list[int]], n: int, rgb: bool = False, folds: int = 2, seed: int = 0
-) -> Path:
-    """PNGs under root/img plus root/labels.csv with the given label columns, patient ids and folds."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        shape = (40, 40, 3) if rgb else (40, 40)
-        img = rng.integers(0, 256, shape, dtype=np.uint8)
-        cv2.imwrite(str(root / "img" / f"im{i:03d}.png"), img)
-        row = {"image": f"img/im{i:03d}.png", "patient_id": f"p{i // 2}", "fold": (i // 2) % folds}
-        row.update({k: v[i] for k, v in labels.items()})
-        rows.append(row)
-    path = root / "labels.csv"
-    pd.DataFrame(rows).to_csv(path, index=False)
-    return path
+    return synthetic_medmnist(path, n, size, seed)
 
 
 def make_dicom(path: Path, hu: np.ndarray, patient: str) -> None:
@@ -114,7 +84,7 @@ def test_dry_run_stops_after_one_batch(tmp_path: Path) -> None:
 
 def test_multilabel_png_with_folds_and_weighted_loss(tmp_path: Path) -> None:
     n = 24
-    table = make_png_table(tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n)
+    table = png_table(tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n)
     res = train_cli(
         "multilabel",
         "--data",
@@ -141,7 +111,7 @@ def test_multilabel_png_with_folds_and_weighted_loss(tmp_path: Path) -> None:
 
 def test_multiclass_png_uses_softmax(tmp_path: Path) -> None:
     n = 24
-    table = make_png_table(tmp_path, {"cls": [i % 3 for i in range(n)]}, n)
+    table = png_table(tmp_path, {"cls": [i % 3 for i in range(n)]}, n)
     res = train_cli(
         "multiclass",
         "--data",
@@ -166,7 +136,7 @@ def test_multiclass_png_uses_softmax(tmp_path: Path) -> None:
 
 def test_scan_task_several_binary_tasks_f1(tmp_path: Path) -> None:
     n = 24
-    table = make_png_table(
+    table = png_table(
         tmp_path,
         {"t1": [i % 2 for i in range(n)], "t2": [1 - i % 2 for i in range(n)], "t3": [(i // 2) % 2 for i in range(n)]},
         n,
@@ -232,7 +202,7 @@ def test_cxr_group_heads(tmp_path: Path) -> None:
 
     n = 16
     labels = {c: [int((i + j) % 4 == 0) for i in range(n)] for j, c in enumerate(RANZCR_LABELS)}
-    table = make_png_table(tmp_path, labels, n, rgb=True)
+    table = png_table(tmp_path, labels, n, rgb=True)
     res = train_cli(
         "cxr",
         "--data",
@@ -292,7 +262,7 @@ def test_wsi_mosaics_ordinal_qwk(tmp_path: Path) -> None:
 
 def test_fold_all_writes_joined_oof_and_cv(tmp_path: Path) -> None:
     n = 16
-    table = make_png_table(tmp_path, {"label": [i % 2 for i in range(n)]}, n)
+    table = png_table(tmp_path, {"label": [i % 2 for i in range(n)]}, n)
     res = train_cli(
         "binary",
         "--data",
@@ -382,7 +352,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     """4 steps per epoch, 2 epochs: stop mid-epoch 1 (step 3) or mid-epoch 2 (step 6), resume, compare bit for bit."""
     n = 40
-    table = make_png_table(
+    table = png_table(
         tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n, folds=4
     )
     # scan: hflip augmentation on; mixup and EMA on: every random stream must be restored exactly.
@@ -467,7 +437,7 @@ def test_user_errors_exit_2_with_a_hint(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "--labels" in res.stderr
     res = train_cli("binary", "--data", npz, "--labels", npz, *FAST)
     assert res.exit_code == 2 and "not used with a MedMNIST" in res.stderr
-    table = make_png_table(tmp_path / "png", {"label": [0, 1] * 4}, 8)
+    table = png_table(tmp_path / "png", {"label": [0, 1] * 4}, 8)
     res = train_cli("binary", "--data", tmp_path / "png", "--labels", table, "--fold", "7", *FAST)
     assert res.exit_code == 2 and "fold 7 has no rows" in res.stderr
     res = train_cli("bogus", "--data", npz)

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import tifffile
 import torch
+from _factories import synthetic_medmnist
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -23,14 +24,7 @@ TINY = ["--model", "cnn_small", "--batch-size", "8", "--device", "cpu", "--worke
 
 
 def _npz(path: Path, size: int = 28, n: tuple[int, int, int] = (24, 8, 8)) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, count in zip(("train", "val", "test"), n, strict=True):
-        labels = np.arange(count) % 2
-        arrays[f"{split}_images"] = rng.integers(0, 256, (count, size, size), dtype=np.uint8)
-        arrays[f"{split}_labels"] = labels[:, None].astype(np.uint8)
-    np.savez(path, **arrays)
-    return path
+    return synthetic_medmnist(path, n, size, learnable=False)
 
 
 def _train(*args: str | Path) -> object:

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-from _factories import write_dicom
+from _factories import write_dicom, write_medmnist
 from typer.testing import CliRunner
 
 from medkit.cli.main import app
@@ -160,12 +160,13 @@ def test_npy_refuses_pickles(tmp_path):
 
 def _medmnist(path: Path, n: dict[str, int], labels_k: int = 1, rgb: bool = False) -> dict:
     rng = np.random.default_rng(0)
-    data = {}
+    images, labels = {}, {}
     for split, count in n.items():
         shape = (count, 28, 28, 3) if rgb else (count, 28, 28)
-        data[f"{split}_images"] = rng.integers(0, 256, shape, dtype=np.uint8)
-        data[f"{split}_labels"] = rng.integers(0, 2, (count, labels_k)).astype(np.uint8)
-    np.savez_compressed(path, **data)
+        images[split] = rng.integers(0, 256, shape, dtype=np.uint8)
+        labels[split] = rng.integers(0, 2, (count, labels_k)).astype(np.uint8)
+    write_medmnist(path, images, labels, compressed=True)
+    data = {**{f"{s}_images": v for s, v in images.items()}, **{f"{s}_labels": v for s, v in labels.items()}}
     return data
 
 
