@@ -43,8 +43,10 @@ class MedkitError(Exception):
         return self.message if not self.hint else f"{self.message}\n  hint: {self.hint}"
 
 
-def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
+def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6, prefix: str = "") -> str:
     """``" (did you mean 'x'?)"`` for the closest of ``choices`` to a mistyped ``name``, or ``""`` when none is close.
+
+    ``prefix`` is put before the suggestion (``timm/`` for a name looked up inside the ``timm/`` namespace).
 
     The one place medkit builds its "did you mean" suggestions (registry names, config keys, columns, windows,
     finding kinds), so they all read alike.
@@ -52,7 +54,7 @@ def did_you_mean(name: str, choices: Iterable[str], cutoff: float = 0.6) -> str:
     import difflib
 
     close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=cutoff)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
 
 
 class UsageError(MedkitError):

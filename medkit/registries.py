@@ -86,13 +86,9 @@ def by_kind(kind: str) -> Registry:
     Raises:
         UnknownNameError: For a kind that does not exist.
     """
-    from medkit.errors import UnknownNameError
+    from medkit.errors import UnknownNameError, did_you_mean
 
     for reg in ALL.values():
         if kind in (reg.kind, reg.singular):
             return reg
-    import difflib
-
-    close = difflib.get_close_matches(kind, list(ALL), n=1)
-    guess = f" (did you mean '{close[0]}'?)" if close else ""
-    raise UnknownNameError(f"unknown kind '{kind}'{guess}", hint=f"kinds: {', '.join(ALL)}")
+    raise UnknownNameError(f"unknown kind '{kind}'{did_you_mean(kind, ALL)}", hint=f"kinds: {', '.join(ALL)}")

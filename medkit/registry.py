@@ -11,7 +11,6 @@ This module imports neither torch nor typer.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import importlib
@@ -21,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from medkit.errors import MedkitError, UnknownNameError, UsageError
+from medkit.errors import MedkitError, UnknownNameError, UsageError, did_you_mean
 
 __all__ = ["Entry", "Prefix", "Registry", "plugins_disabled", "keyword_options"]
 
@@ -57,10 +56,8 @@ def keyword_options(
             kwargs = {k: v for k, v in kwargs.items() if k in valid or k not in ignored}
             for key in kwargs:
                 if key not in valid:
-                    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-                    guess = f" (did you mean '{close[0]}'?)" if close else ""
                     raise UsageError(
-                        f"unknown option '{key}' for {kind} '{fn.__name__}'{guess}",
+                        f"unknown option '{key}' for {kind} '{fn.__name__}'{did_you_mean(key, valid)}",
                         hint=f"options of {fn.__name__}: {', '.join(valid) or 'none'} (see {doc})",
                     )
             return fn(**kwargs)
@@ -263,8 +260,7 @@ class Registry(Generic[T]):
                 try:
                     factory = handler.resolve(rest)
                 except KeyError:
-                    close = difflib.get_close_matches(rest, handler.list_names("*"), n=1, cutoff=0.6)
-                    guess = f" (did you mean '{prefix}/{close[0]}'?)" if close else ""
+                    guess = did_you_mean(rest, handler.list_names("*"), prefix=f"{prefix}/")
                     raise UnknownNameError(
                         f"unknown {self.singular} '{name}'{guess}",
                         hint=f"run `medkit list {self.kind} '{prefix}/*'` to see what {prefix} offers",
@@ -274,10 +270,9 @@ class Registry(Generic[T]):
         if entry is not None:
             return entry
         candidates = list(self._entries) + list(self._plugin_points())
-        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
-        guess = f" (did you mean '{close[0]}'?)" if close else ""
         raise UnknownNameError(
-            f"unknown {self.singular} '{name}'{guess}", hint=f"run `medkit list {self.kind}` to see the names"
+            f"unknown {self.singular} '{name}'{did_you_mean(name, candidates)}",
+            hint=f"run `medkit list {self.kind}` to see the names",
         )
 
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:

@@ -310,14 +310,7 @@ def _read_cv2_fast(path: str) -> np.ndarray | None:
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None or img.shape[0] * img.shape[1] > readers.MAX_PIXELS:
         return None
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    return np.ascontiguousarray(img)
+    return readers.rgb_order(img)
 
 
 def summarize_file(path: str) -> dict[str, Any]:

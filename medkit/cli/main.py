@@ -178,9 +178,7 @@ def main(
 
 def _command_defaults(ctx: typer.Context, path: Path, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Map each ``[command]`` table's keys (flag names or parameter names) to Click parameter names."""
-    import difflib
-
-    from medkit.errors import ConfigError
+    from medkit.errors import ConfigError, did_you_mean
 
     out: dict[str, dict[str, Any]] = {}
     group = ctx.command
@@ -199,10 +197,9 @@ def _command_defaults(ctx: typer.Context, path: Path, data: dict[str, Any]) -> d
         mapped: dict[str, Any] = {}
         for key, value in table.items():
             if key not in names:
-                close = difflib.get_close_matches(key, list(names), n=1)
-                guess = f" (did you mean '{close[0]}'?)" if close else ""
                 raise ConfigError(
-                    f"{path}: unknown option '{key}' in [{section}]{guess}", hint=f"see `medkit {section} --help`"
+                    f"{path}: unknown option '{key}' in [{section}]{did_you_mean(key, names)}",
+                    hint=f"see `medkit {section} --help`",
                 )
             mapped[names[key]] = value
         out[section] = mapped

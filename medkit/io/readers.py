@@ -28,6 +28,7 @@ from medkit.io.medmnist import load_medmnist, medmnist_image_size
 from medkit.registries import READERS
 
 __all__ = [
+    "rgb_order",
     "ImageReadError",
     "MAX_PIXELS",
     "read_image",
@@ -163,15 +164,9 @@ def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
             f"{path}: cannot decode as {kind} (truncated or corrupt file)",
             hint="re-download or re-export the file; `medkit inspect FILE` shows what medkit sees",
         )
-    if img.ndim == 3:
-        if img.shape[2] == 1:
-            img = img[:, :, 0]
-        elif img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    img = rgb_order(img)
     check_pixels(path, img.shape[:2], max_pixels)
-    return np.ascontiguousarray(img)
+    return img
 
 
 @READERS.register("png", suffixes=(".png",), magic=((0, _PNG_MAGIC),))
@@ -369,3 +364,17 @@ def read_npz(
 # ---------------------------------------------------------------------------------------------- DICOM
 # The adapter lives in medkit.io.dicom, which never imports this module: the dependency runs one way.
 READERS.register("dicom", read_dicom_image, suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
+
+
+def rgb_order(img: np.ndarray) -> np.ndarray:
+    """An image OpenCV decoded (BGR / BGRA channel order) as medkit returns it: RGB / RGBA, one channel as (H, W)."""
+    import cv2
+
+    if img.ndim == 3:
+        if img.shape[2] == 1:
+            img = img[:, :, 0]
+        elif img.shape[2] == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        elif img.shape[2] == 4:
+            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    return np.ascontiguousarray(img)
