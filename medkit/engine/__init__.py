@@ -1,6 +1,27 @@
-"""The training engine: plain functions for the loop, fitting, checkpoints, the run directory and DDP.
+"""The training engine, built of parts (docs/architecture.md shows how a `medkit train` call goes through them).
+
+``runtime`` (where and how the model runs), ``feed`` (batch order, the DataLoader, feeders), ``components``
+(model, loss, optimizer, schedule, EMA, transforms built by name), ``stages``, ``state`` (counters and stateful
+parts, to and from checkpoints), ``loop`` (training steps), ``predict`` (validation, test and prediction),
+``spec`` (the run spec and `load_run`), ``fit`` and ``folds`` (orchestration), ``checkpoint``, ``run`` (the run
+directory), ``ddp`` and ``profile``.
 
 Import the submodules directly (``from medkit.engine.fit import fit``); this package imports nothing heavy.
 """
 
-__all__ = ["checkpoint", "data", "ddp", "fit", "loop", "run"]
+__all__ = [
+    "checkpoint",
+    "components",
+    "ddp",
+    "feed",
+    "fit",
+    "folds",
+    "loop",
+    "predict",
+    "profile",
+    "run",
+    "runtime",
+    "spec",
+    "stages",
+    "state",
+]

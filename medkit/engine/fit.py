@@ -255,7 +255,6 @@ def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
 
 def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, Any] | None) -> Trainer:
     """Build every part of the run (restored from ``resume`` when given)."""
-    from medkit.engine import components as C
     from medkit.engine.feed import make_feeder
     from medkit.engine.spec import spec_of
     from medkit.engine.stages import plan_stages
@@ -268,6 +267,69 @@ def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, 
         info(f"data: {data.description}; target {data.target}, {data.num_outputs} output(s)")
     if len(data.val) == 0:
         raise DataError("the validation split is empty", hint="check --fold / the split column")
+    mspec, parts, caps = _parts(cfg, data, rt)
+    epochs = 1 if cfg.dry_run else task.epochs
+    stages = plan_stages(
+        task,
+        epochs,
+        stage2_optimizer=cfg.stage2_optimizer,
+        stage2_epochs=cfg.stage2_epochs,
+        stage2_lr=cfg.stage2_lr,
+        optimizer_kwargs=cfg.optimizer_kwargs,
+        scheduler_kwargs=cfg.scheduler_kwargs,
+    )
+    metric = build_metric(task.metric)
+    greater = greater_is_better(metric)
+    train_feed = make_feeder(data.train, task.batch_size, rt, train=True, seed=cfg.seed)
+    transforms, mean, std = _transforms(cfg, data, rt)
+    ctx = StepContext(
+        loss_fn=parts.loss,
+        optimizer=None,  # set by _use_stage
+        runtime=rt,
+        transforms=transforms,
+        prepare_target=functools.partial(
+            data.target.loss_target, num_classes=data.num_classes, grades_as_is=caps.takes_grades
+        ),
+        caps=caps,
+        scaler=parts.scaler,
+        ema=parts.ema,
+        grad_clip=cfg.grad_clip,
+    )
+    tr = Trainer(
+        cfg=cfg,
+        run=run,
+        rt=rt,
+        data=data,
+        spec=spec_of(task, data, mspec, mean, std, stages, greater, cfg.ema),
+        stages=stages,
+        parts=parts,
+        state=TrainState.from_checkpoint(resume) if resume is not None else TrainState(),
+        ctx=ctx,
+        train_feed=train_feed,
+        val_feed=make_feeder(data.val, task.batch_size, rt, train=False, seed=cfg.seed),
+        train_model=rt.wrap_for_training(parts.model, cfg.compile),
+        metric=metric,
+        greater=greater,
+        steps_per_epoch=len(train_feed.order.batches()),
+        epochs=epochs,
+        config=cfg.to_dict(),
+    )
+    _use_stage(tr, tr.state.stage)
+    if resume is not None:
+        _restore(tr, resume)
+    if cfg.profile:
+        from medkit.engine.profile import Profiler
+
+        tr.profiler = Profiler(enabled=True, sync=rt.synchronize)
+    return tr
+
+
+def _parts(cfg: TrainConfig, data: Any, rt: Any) -> tuple[Any, TrainParts, Any]:
+    """The model (on the device), the loss and its capabilities, the EMA and the scaler; the optimizer comes with
+    the stage."""
+    from medkit.engine import components as C
+
+    task = cfg.task
     mspec = C.model_spec(task, data)
     model = rt.place_model(C.build_model(mspec, cfg.pretrained, cfg.weights))
     loss_fn, caps = C.build_loss(task, data)
@@ -277,62 +339,8 @@ def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, 
             hint="use --loss bce (cumulative targets mix fine), or drop --mixup/--cutmix",
         )
     loss_fn = loss_fn.to(rt.device) if hasattr(loss_fn, "to") else loss_fn
-    epochs = 1 if cfg.dry_run else task.epochs
-    stages = plan_stages(
-        task,
-        epochs,
-        cfg.stage2_optimizer,
-        cfg.stage2_epochs,
-        cfg.stage2_lr,
-        cfg.optimizer_kwargs,
-        cfg.scheduler_kwargs,
-    )
-    metric = build_metric(task.metric)
-    greater = greater_is_better(metric)
-    train_feed = make_feeder(data.train, task.batch_size, rt, train=True, seed=cfg.seed)
-    val_feed = make_feeder(data.val, task.batch_size, rt, train=False, seed=cfg.seed)
-    transforms, mean, std = _transforms(cfg, data, rt)
     ema = C.build_ema(model, cfg.ema_decay) if cfg.ema else None
-    state = TrainState.from_checkpoint(resume) if resume is not None else TrainState()
-    parts = TrainParts(model, None, None, rt.grad_scaler(), ema, loss_fn)
-    ctx = StepContext(
-        loss_fn,
-        None,
-        rt,
-        transforms,
-        functools.partial(data.target.loss_target, num_classes=data.num_classes, grades_as_is=caps.takes_grades),
-        caps,
-        scaler=parts.scaler,
-        ema=ema,
-        grad_clip=cfg.grad_clip,
-    )
-    tr = Trainer(
-        cfg,
-        run,
-        rt,
-        data,
-        spec_of(task, data, mspec, mean, std, stages, greater, cfg.ema),
-        stages,
-        parts,
-        state,
-        ctx,
-        train_feed,
-        val_feed,
-        rt.wrap_for_training(model, cfg.compile),
-        metric,
-        greater,
-        len(train_feed.order.batches()),
-        epochs,
-        cfg.to_dict(),
-    )
-    _use_stage(tr, state.stage)
-    if resume is not None:
-        _restore(tr, resume)
-    if cfg.profile:
-        from medkit.engine.profile import Profiler
-
-        tr.profiler = Profiler(enabled=True, sync=rt.synchronize)
-    return tr
+    return mspec, TrainParts(model, None, None, rt.grad_scaler(), ema, loss_fn), caps
 
 
 def _transforms(cfg: TrainConfig, data: Any, rt: Any) -> tuple[Any, list[float], list[float]]:

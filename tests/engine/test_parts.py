@@ -91,3 +91,33 @@ def test_score_shapes_inputs_by_target_kind() -> None:
     grades = np.array([0, 1, 2, 2])
     cum = np.array([[0.1, 0.0], [0.9, 0.2], [0.9, 0.8], [0.95, 0.9]])
     assert score("qwk", "ordinal", grades, cum) == pytest.approx(1.0)
+
+
+def test_predict_with_embeddings_gives_the_same_probabilities_and_the_pooled_features() -> None:
+    from medkit.engine.components import InputTransforms
+    from medkit.engine.feed import Batch
+    from medkit.engine.predict import predict
+    from medkit.target import MULTILABEL
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnn_small", {"num_classes": 2, "in_chans": 1}))
+    images = torch.randint(0, 256, (6, 1, 32, 32), dtype=torch.uint8)
+    batches = [Batch(images[i : i + 3], torch.zeros(3, 2), torch.arange(i, i + 3)) for i in (0, 3)]
+    rt, norm = Runtime(torch.device("cpu")), InputTransforms([0.5], [0.5], 32).eval
+    plain = predict(model, batches, rt, MULTILABEL, norm)
+    with_emb = predict(model, batches, rt, MULTILABEL, norm, embeddings=True)
+    assert plain.embeddings is None
+    np.testing.assert_array_equal(plain.probs, with_emb.probs)
+    with torch.no_grad():
+        want = model.features(norm(images)).numpy()
+    assert with_emb.embeddings.shape == (6, model.num_features)
+    np.testing.assert_allclose(with_emb.embeddings, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(UsageError, match="cannot give embeddings"):
+        predict(
+            torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1024, 2)),
+            batches,
+            rt,
+            MULTILABEL,
+            norm,
+            embeddings=True,
+        )

@@ -162,7 +162,7 @@ def test_scan_task_several_binary_tasks_f1(tmp_path: Path) -> None:
 
 
 def test_ct_dicom_windows_and_rsna_metric(tmp_path: Path) -> None:
-    from medkit.data.table import RSNA_SUBTYPES
+    from medkit.competitions.rsna import RSNA_SUBTYPES
 
     rng = np.random.default_rng(0)
     (tmp_path / "dcm").mkdir()

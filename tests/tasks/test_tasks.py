@@ -30,7 +30,7 @@ def test_ct_preset_is_three_windows_six_labels_rsna_metric() -> None:
 
 
 def test_cxr_groups_match_ranzcr_table_groups() -> None:
-    from medkit.data.table import RANZCR_GROUPS
+    from medkit.competitions.ranzcr import RANZCR_GROUPS
 
     assert TASKS.create("cxr").label_groups == RANZCR_GROUPS
 
