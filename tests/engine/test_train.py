@@ -352,9 +352,7 @@ def _final_weights(run: Path) -> dict[str, torch.Tensor]:
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
     """4 steps per epoch, 2 epochs: stop mid-epoch 1 (step 3) or mid-epoch 2 (step 6), resume, compare bit for bit."""
     n = 40
-    table = png_table(
-        tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n, folds=4
-    )
+    table = png_table(tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n, folds=4)
     # scan: hflip augmentation on; mixup and EMA on: every random stream must be restored exactly.
     common = [
         "scan",
