@@ -391,7 +391,7 @@ def _table_data(
     ids = df[spec.image].astype(str).tolist()
     buf = io.StringIO()
     df.to_csv(buf, index=False)
-    digest = _data_hash(buf.getvalue().encode(), paths)
+    digest = data_hash(buf.getvalue().encode(), [p for p in paths if p is not None])
 
     def split(mask: np.ndarray) -> Split:
         rows = np.flatnonzero(mask)
@@ -472,10 +472,6 @@ def _match_masks(
             )
         masks[str(image)] = str(p)
     return masks, missing
-
-
-def _data_hash(table: bytes, paths: Sequence[Any]) -> str:
-    return data_hash(table, [p for p in paths if p is not None])
 
 
 def data_hash(table_bytes: bytes, files: Sequence[str | os.PathLike[str]]) -> str:

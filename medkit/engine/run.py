@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from medkit._io import atomic_write, write_json, write_text
-from medkit.data.dataset import data_hash
 
-__all__ = ["RunDir", "data_hash", "write_metrics", "read_metrics", "draw_curves", "write_oof"]
+__all__ = ["RunDir", "write_metrics", "read_metrics", "draw_curves", "write_oof"]
 
 
 class RunDir:

@@ -8,7 +8,7 @@ files, per-channel normalisation) from a run folder alone, without the flags of 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +63,6 @@ class RunSpec:
     stages: tuple[dict[str, Any], ...] = ()
     ema: bool = False
     version: int = SPEC_VERSION
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -153,7 +152,8 @@ class RunInputs:
                 f"this run stacks the masks of column '{self.spec.mask_col}' as a channel",
                 hint="pass the mask file of every image",
             )
-        return FileSource(paths, preprocess_from(self.spec.preprocess, masks))
+        pre = self.preprocess if masks is None else preprocess_from(self.spec.preprocess, masks)
+        return FileSource(paths, pre)
 
 
 @dataclass

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from medkit.data.dataset import data_hash
 from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, unwrap
 from medkit.engine.components import InputTransforms
 from medkit.engine.feed import Batch, EpochBatches
 from medkit.engine.loop import EpochState, StepContext, train_one_epoch
 from medkit.engine.predict import predict
-from medkit.engine.run import data_hash, draw_curves, read_metrics, write_metrics, write_oof
+from medkit.engine.run import draw_curves, read_metrics, write_metrics, write_oof
 from medkit.engine.runtime import Runtime
 from medkit.errors import DataError, UsageError
 from medkit.target import MULTICLASS, MULTILABEL, cumulative_targets
