@@ -57,165 +57,205 @@ TrainWorkersOpt = Annotated[
 ]
 
 
+# The options of `medkit train`, one alias each (shared ones come from _options.py), so that the command's
+# signature reads on one screen.
+TaskOpt = Annotated[str, typer.Argument(help="Task preset: ct, cxr, wsi, scan, binary, multiclass, multilabel.")]
+MaskColOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mask-col",
+        help="Column of mask files stacked as an extra channel (default: 'mask' if present; 'none' = off).",
+    ),
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option("--model", help="MODELS name, e.g. resnet34 or timm/convnext_tiny.", rich_help_panel=_PANEL_MODEL),
+]
+HeadsOpt = Annotated[
+    str | None,
+    typer.Option("--heads", help="single | groups (one head per label group).", rich_help_panel=_PANEL_MODEL),
+]
+InChansOpt = Annotated[
+    int | None,
+    typer.Option("--in-chans", help="Input channels (1 gray, 3 RGB/windows).", rich_help_panel=_PANEL_MODEL),
+]
+WindowsOpt = Annotated[
+    str | None,
+    typer.Option("--windows", help="CT windows as channels, e.g. brain,subdural,bone.", rich_help_panel=_PANEL_MODEL),
+]
+PretrainedOpt = Annotated[
+    bool,
+    typer.Option("--pretrained/--no-pretrained", help="Start from timm weights.", rich_help_panel=_PANEL_MODEL),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Local state dict to start from.", dir_okay=False, rich_help_panel=_PANEL_MODEL),
+]
+LossOpt = Annotated[
+    str | None,
+    typer.Option("--loss", help="LOSSES name (bce, wbce, asl, focal, ...).", rich_help_panel=_PANEL_MODEL),
+]
+LossArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--loss-arg", help="Loss option KEY=VALUE (repeatable).", rich_help_panel=_PANEL_MODEL),
+]
+MetricOpt = Annotated[
+    str | None,
+    typer.Option("--metric", help="METRICS name that picks the best checkpoint.", rich_help_panel=_PANEL_MODEL),
+]
+OptimizerOpt = Annotated[
+    str | None,
+    typer.Option("--optimizer", help="OPTIMIZERS name (adam, adamw, ...).", rich_help_panel=_PANEL_MODEL),
+]
+OptimizerArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--optimizer-arg", help="Optimizer option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
+]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.", rich_help_panel=_PANEL_MODEL)]
+WeightDecayOpt = Annotated[
+    float | None, typer.Option("--weight-decay", help="Weight decay.", rich_help_panel=_PANEL_MODEL)
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option("--scheduler", help="SCHEDULERS name (cosine, multistep, ...).", rich_help_panel=_PANEL_MODEL),
+]
+SchedulerArgOpt = Annotated[
+    list[str] | None,
+    typer.Option("--scheduler-arg", help="Scheduler option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
+]
+Stage2OptimizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--stage2-optimizer", help="Switch to this optimizer for the last epochs.", rich_help_panel=_PANEL_MODEL
+    ),
+]
+Stage2EpochsOpt = Annotated[
+    int, typer.Option("--stage2-epochs", help="Epochs of the second stage.", min=0, rich_help_panel=_PANEL_MODEL)
+]
+Stage2LrOpt = Annotated[
+    float | None,
+    typer.Option("--stage2-lr", help="Learning rate of the second stage.", rich_help_panel=_PANEL_MODEL),
+]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Epochs.", min=1)]
+BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size.", min=1)]
+ImgSizeOpt = Annotated[int | None, typer.Option("--img-size", help="Training image size (square).", min=8)]
+MixupOpt = Annotated[float, typer.Option("--mixup", help="Mixup alpha (0 = off).", min=0.0)]
+CutmixOpt = Annotated[float, typer.Option("--cutmix", help="CutMix alpha (0 = off).", min=0.0)]
+NoAugmentOpt = Annotated[bool, typer.Option("--no-augment", help="Switch off the task's augmentation.")]
+AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16, or fp16 + GradScaler).")]
+AmpDtypeOpt = Annotated[str, typer.Option("--amp-dtype", help="auto | bf16 | fp16 (with --amp).")]
+CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
+EmaOpt = Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights; evaluate and save it.")]
+EmaDecayOpt = Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")]
+GradClipOpt = Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm (0 = off).", min=0.0)]
+PatienceOpt = Annotated[
+    int,
+    typer.Option(
+        "--patience", help="Early stop after N epochs without improvement.", min=0, rich_help_panel=_PANEL_RUN
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option("--resume", help="Continue the run in --out from checkpoints/last.pt.", rich_help_panel=_PANEL_RUN),
+]
+CkptEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--ckpt-every", help="Write last.pt every N steps (0 = epoch ends).", min=0, rich_help_panel=_PANEL_RUN
+    ),
+]
+MaxStepsOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-steps", help="Stop resumably after N optimizer steps in total.", min=0, rich_help_panel=_PANEL_RUN
+    ),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="One batch of training and one of validation.", rich_help_panel=_PANEL_RUN)
+]
+ProfileOpt = Annotated[
+    int,
+    typer.Option("--profile", help="Time N steps: data wait vs step, then exit.", min=0, rich_help_panel=_PANEL_RUN),
+]
+DeterministicOpt = Annotated[
+    bool, typer.Option("--deterministic", help="Deterministic kernels (slower).", rich_help_panel=_PANEL_RUN)
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache",
+        help="Preprocess once into a uint8 cache in this folder.",
+        file_okay=False,
+        rich_help_panel=_PANEL_RUN,
+    ),
+]
+CacheWorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--cache-workers",
+        help="Processes decoding files into the --cache (default: every core).",
+        min=0,
+        rich_help_panel=_PANEL_RUN,
+    ),
+]
+GpusOpt = Annotated[
+    int,
+    typer.Option(
+        "--gpus", help="Processes for DDP (re-runs itself under torchrun).", min=1, rich_help_panel=_PANEL_RUN
+    ),
+]
+
+
 def train(
     ctx: typer.Context,
-    task: Annotated[str, typer.Argument(help="Task preset: ct, cxr, wsi, scan, binary, multiclass, multilabel.")],
+    task: TaskOpt,
     data: DataOpt,
     labels: LabelsOpt = None,
     folds: FoldsOpt = None,
     fold: FoldOpt = None,
     label_cols: LabelColsOpt = None,
     image_col: ImageColOpt = None,
-    mask_col: Annotated[
-        str | None,
-        typer.Option(
-            "--mask-col",
-            help="Column of mask files stacked as an extra channel (default: 'mask' if present; 'none' = off).",
-        ),
-    ] = None,
-    model: Annotated[
-        str | None,
-        typer.Option("--model", help="MODELS name, e.g. resnet34 or timm/convnext_tiny.", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    heads: Annotated[
-        str | None,
-        typer.Option("--heads", help="single | groups (one head per label group).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    in_chans: Annotated[
-        int | None,
-        typer.Option("--in-chans", help="Input channels (1 gray, 3 RGB/windows).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    windows: Annotated[
-        str | None,
-        typer.Option(
-            "--windows", help="CT windows as channels, e.g. brain,subdural,bone.", rich_help_panel=_PANEL_MODEL
-        ),
-    ] = None,
-    pretrained: Annotated[
-        bool,
-        typer.Option("--pretrained/--no-pretrained", help="Start from timm weights.", rich_help_panel=_PANEL_MODEL),
-    ] = False,
-    weights: Annotated[
-        Path | None,
-        typer.Option("--weights", help="Local state dict to start from.", dir_okay=False, rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    loss: Annotated[
-        str | None,
-        typer.Option("--loss", help="LOSSES name (bce, wbce, asl, focal, ...).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    loss_arg: Annotated[
-        list[str] | None,
-        typer.Option("--loss-arg", help="Loss option KEY=VALUE (repeatable).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    metric: Annotated[
-        str | None,
-        typer.Option("--metric", help="METRICS name that picks the best checkpoint.", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    optimizer: Annotated[
-        str | None,
-        typer.Option("--optimizer", help="OPTIMIZERS name (adam, adamw, ...).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    optimizer_arg: Annotated[
-        list[str] | None,
-        typer.Option("--optimizer-arg", help="Optimizer option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Learning rate.", rich_help_panel=_PANEL_MODEL)] = None,
-    weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help="Weight decay.", rich_help_panel=_PANEL_MODEL)
-    ] = None,
-    scheduler: Annotated[
-        str | None,
-        typer.Option("--scheduler", help="SCHEDULERS name (cosine, multistep, ...).", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    scheduler_arg: Annotated[
-        list[str] | None,
-        typer.Option("--scheduler-arg", help="Scheduler option KEY=VALUE.", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    stage2_optimizer: Annotated[
-        str | None,
-        typer.Option(
-            "--stage2-optimizer", help="Switch to this optimizer for the last epochs.", rich_help_panel=_PANEL_MODEL
-        ),
-    ] = None,
-    stage2_epochs: Annotated[
-        int, typer.Option("--stage2-epochs", help="Epochs of the second stage.", min=0, rich_help_panel=_PANEL_MODEL)
-    ] = 0,
-    stage2_lr: Annotated[
-        float | None,
-        typer.Option("--stage2-lr", help="Learning rate of the second stage.", rich_help_panel=_PANEL_MODEL),
-    ] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="Epochs.", min=1)] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size.", min=1)] = None,
-    img_size: Annotated[int | None, typer.Option("--img-size", help="Training image size (square).", min=8)] = None,
-    mixup: Annotated[float, typer.Option("--mixup", help="Mixup alpha (0 = off).", min=0.0)] = 0.0,
-    cutmix: Annotated[float, typer.Option("--cutmix", help="CutMix alpha (0 = off).", min=0.0)] = 0.0,
-    no_augment: Annotated[bool, typer.Option("--no-augment", help="Switch off the task's augmentation.")] = False,
-    amp: Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16, or fp16 + GradScaler).")] = False,
-    amp_dtype: Annotated[str, typer.Option("--amp-dtype", help="auto | bf16 | fp16 (with --amp).")] = "auto",
-    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model.")] = False,
-    ema: Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights; evaluate and save it.")] = False,
-    ema_decay: Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")] = 0.999,
-    grad_clip: Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm (0 = off).", min=0.0)] = 0.0,
-    patience: Annotated[
-        int,
-        typer.Option(
-            "--patience", help="Early stop after N epochs without improvement.", min=0, rich_help_panel=_PANEL_RUN
-        ),
-    ] = 0,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume", help="Continue the run in --out from checkpoints/last.pt.", rich_help_panel=_PANEL_RUN
-        ),
-    ] = False,
-    ckpt_every: Annotated[
-        int,
-        typer.Option(
-            "--ckpt-every", help="Write last.pt every N steps (0 = epoch ends).", min=0, rich_help_panel=_PANEL_RUN
-        ),
-    ] = 0,
-    max_steps: Annotated[
-        int,
-        typer.Option(
-            "--max-steps", help="Stop resumably after N optimizer steps in total.", min=0, rich_help_panel=_PANEL_RUN
-        ),
-    ] = 0,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="One batch of training and one of validation.", rich_help_panel=_PANEL_RUN)
-    ] = False,
-    profile: Annotated[
-        int,
-        typer.Option(
-            "--profile", help="Time N steps: data wait vs step, then exit.", min=0, rich_help_panel=_PANEL_RUN
-        ),
-    ] = 0,
-    deterministic: Annotated[
-        bool, typer.Option("--deterministic", help="Deterministic kernels (slower).", rich_help_panel=_PANEL_RUN)
-    ] = False,
-    cache: Annotated[
-        Path | None,
-        typer.Option(
-            "--cache",
-            help="Preprocess once into a uint8 cache in this folder.",
-            file_okay=False,
-            rich_help_panel=_PANEL_RUN,
-        ),
-    ] = None,
-    cache_workers: Annotated[
-        int | None,
-        typer.Option(
-            "--cache-workers",
-            help="Processes decoding files into the --cache (default: every core).",
-            min=0,
-            rich_help_panel=_PANEL_RUN,
-        ),
-    ] = None,
-    gpus: Annotated[
-        int,
-        typer.Option(
-            "--gpus", help="Processes for DDP (re-runs itself under torchrun).", min=1, rich_help_panel=_PANEL_RUN
-        ),
-    ] = 1,
+    mask_col: MaskColOpt = None,
+    model: ModelOpt = None,
+    heads: HeadsOpt = None,
+    in_chans: InChansOpt = None,
+    windows: WindowsOpt = None,
+    pretrained: PretrainedOpt = False,
+    weights: WeightsOpt = None,
+    loss: LossOpt = None,
+    loss_arg: LossArgOpt = None,
+    metric: MetricOpt = None,
+    optimizer: OptimizerOpt = None,
+    optimizer_arg: OptimizerArgOpt = None,
+    lr: LrOpt = None,
+    weight_decay: WeightDecayOpt = None,
+    scheduler: SchedulerOpt = None,
+    scheduler_arg: SchedulerArgOpt = None,
+    stage2_optimizer: Stage2OptimizerOpt = None,
+    stage2_epochs: Stage2EpochsOpt = 0,
+    stage2_lr: Stage2LrOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchSizeOpt = None,
+    img_size: ImgSizeOpt = None,
+    mixup: MixupOpt = 0.0,
+    cutmix: CutmixOpt = 0.0,
+    no_augment: NoAugmentOpt = False,
+    amp: AmpOpt = False,
+    amp_dtype: AmpDtypeOpt = "auto",
+    compile_: CompileOpt = False,
+    ema: EmaOpt = False,
+    ema_decay: EmaDecayOpt = 0.999,
+    grad_clip: GradClipOpt = 0.0,
+    patience: PatienceOpt = 0,
+    resume: ResumeOpt = False,
+    ckpt_every: CkptEveryOpt = 0,
+    max_steps: MaxStepsOpt = 0,
+    dry_run: DryRunOpt = False,
+    profile: ProfileOpt = 0,
+    deterministic: DeterministicOpt = False,
+    cache: CacheOpt = None,
+    cache_workers: CacheWorkersOpt = None,
+    gpus: GpusOpt = 1,
     out: OutOpt = None,
     seed: SeedOpt = 0,
     workers: TrainWorkersOpt = None,
