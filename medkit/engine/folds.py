@@ -12,7 +12,6 @@ from medkit.engine.checkpoint import load_checkpoint
 from medkit.engine.fit import TrainConfig, fit
 from medkit.engine.run import RunDir
 from medkit.metrics import score
-from medkit.target import BINARY
 
 __all__ = ["fit_folds", "oof_score"]
 
@@ -64,17 +63,8 @@ def _join_oof(cfg: TrainConfig, root: RunDir, folds: list[int], record: dict[str
 
 def oof_score(metric: str, target: str, oof: Any) -> float:
     """The metric over an OOF table (targets and ``*_prob`` columns as written by `write_oof`)."""
+    from medkit.data.predictions import oof_arrays
     from medkit.target import target_kind
 
-    prob_cols = [c for c in oof.columns if str(c).endswith("_prob")]
-    probs = oof[prob_cols].to_numpy(dtype=np.float64)
-    kind = target_kind(target).for_columns(len(prob_cols))
-    if "target" in oof.columns:
-        y = oof["target"].to_numpy()
-        if kind is BINARY:
-            y = y.astype(np.float64)
-    else:
-        y = oof[[c[: -len("_prob")] for c in prob_cols]].to_numpy(dtype=np.float64)
-    if kind is BINARY and y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
-    return score(metric, kind, y, probs)
+    y, probs = oof_arrays(oof, target)
+    return score(metric, target_kind(target).for_columns(probs.shape[1]), y, probs)
