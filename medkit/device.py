@@ -7,9 +7,9 @@ import random
 import re
 from typing import Any
 
-from medkit.errors import DeviceError
+from medkit.errors import DeviceError, UsageError
 
-__all__ = ["resolve_device", "amp_dtype", "seed_everything", "seed_worker", "DEVICE_HELP"]
+__all__ = ["resolve_device", "amp_dtype", "AMP_CHOICES", "seed_everything", "seed_worker", "DEVICE_HELP"]
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps"
 _SPEC = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -61,24 +61,31 @@ def resolve_device(spec: str | None = "auto") -> Any:
     return torch.device("cuda", index)
 
 
+AMP_CHOICES = ("auto", "on", "bf16", "fp16", "off")
+
+
 def amp_dtype(device: Any, requested: str = "auto") -> Any:
     """The autocast dtype for a device: bf16 where supported, fp16 (+ GradScaler) on older GPUs, else None.
 
     Args:
         device: A ``torch.device``.
-        requested: ``auto``, ``bf16``, ``fp16`` or ``off``.
+        requested: ``auto`` (mixed precision on a GPU, fp32 on a CPU, where bf16 autocast is slower on most
+            processors), ``on`` (mixed precision on any device: bf16 on a CPU), ``bf16``, ``fp16`` or ``off``.
 
     Returns:
         ``torch.bfloat16``, ``torch.float16`` or None (no autocast).
 
     Raises:
         DeviceError: When the requested dtype cannot run on the device.
+        UsageError: For a value that is none of `AMP_CHOICES`.
     """
     import torch
 
     requested = (requested or "auto").lower()
     if requested in ("off", "none", "fp32", "false", "no"):
         return None
+    if requested not in AMP_CHOICES:
+        raise UsageError(f"unknown precision '{requested}'", hint=f"use one of: {', '.join(AMP_CHOICES)}")
     dev_type = getattr(device, "type", str(device))
     if dev_type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
@@ -88,9 +95,9 @@ def amp_dtype(device: Any, requested: str = "auto") -> Any:
             return torch.float16
         return torch.bfloat16 if bf16_ok else torch.float16
     if dev_type == "mps":
-        return torch.float16 if requested in ("auto", "fp16") else None
-    # CPU: autocast only when explicitly asked for bf16; auto stays in fp32 (faster and exact on most CPUs).
-    if requested == "bf16":
+        return torch.float16 if requested in ("auto", "on", "fp16") else None
+    # CPU: autocast only when asked for (on, bf16); auto stays in fp32 (faster and exact on most CPUs).
+    if requested in ("on", "bf16"):
         return torch.bfloat16
     if requested == "fp16":
         raise DeviceError("fp16 autocast is not supported on the CPU", hint="use --amp bf16 or --amp off")

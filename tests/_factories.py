@@ -125,3 +125,46 @@ def png_table(
     path = root / "labels.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     return path
+
+
+#: Image names as each competition's test data has them (a path, a stem or bare hex for RSNA), and their ids.
+COMPETITION_IMAGES: dict[str, list[tuple[str, str]]] = {
+    "rsna": [
+        ("stage_2_test/ID_0fbf6a978.dcm", "ID_0fbf6a978"),
+        ("ID_000000e27", "ID_000000e27"),
+        ("00000aa11", "ID_00000aa11"),
+    ],
+    "ranzcr": [
+        (f"test/1.2.826.0.1.3680043.8.498.{n}.jpg", f"1.2.826.0.1.3680043.8.498.{n}")
+        for n in ("10000428974990117276582711948006105617", "10001920385826381232337441004826813", "1002")
+    ],
+    "panda": [
+        (f"tiles/{h}.png", h)
+        for h in (
+            "0005f7aaab2800f6170c399693a96917",
+            "000920ad0b612851f8e01bcc880d9b3d",
+            "0018ae58b01bdadc8e347995b69f99aa",
+        )
+    ],
+    "siim-isic": [(f"jpeg/test/ISIC_{n}.jpg", f"ISIC_{n}") for n in ("0052060", "0052349", "0058510")],
+}
+
+
+def write_prediction_table(
+    path: Path, images: Sequence[str], labels: Sequence[str], *, grades: Sequence[int] | None = None, seed: int = 0
+) -> Path:
+    """A prediction table as `medkit predict` writes it (with its sidecar): ``image``, one random ``<label>_prob``
+    per label, and ``grade`` when ``grades`` are given (an ordinal run: labels are then its ``>k`` outputs)."""
+    import pandas as pd
+
+    from medkit.data.predictions import PredictionsMeta, write_predictions
+
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"image": list(images)})
+    for label in labels:
+        frame[f"{label}_prob"] = rng.uniform(0.05, 0.95, len(images)).round(4)
+    target = "ordinal" if grades is not None else ("binary" if len(labels) == 1 else "multilabel")
+    if grades is not None:
+        frame["grade"] = list(grades)
+    meta = PredictionsMeta(target=target, label_names=tuple(labels), num_classes=len(labels) + 1 if grades else 0)
+    return write_predictions(path, frame, meta)

@@ -10,7 +10,21 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "medkit"
 #: Packages that the training engine and the CLI build on; none of them may import the engine or the CLI.
-LOWER = ("data", "io", "audit", "split", "tile", "competitions", "metrics", "losses", "models", "optim", "tasks")
+LOWER = (
+    "data",
+    "io",
+    "audit",
+    "split",
+    "tile",
+    "competitions",
+    "metrics",
+    "losses",
+    "models",
+    "optim",
+    "tasks",
+    "submit",
+    "ensemble",
+)
 
 
 def _unit(path: Path) -> str:

@@ -29,7 +29,11 @@ __all__ = [
     "LabelColsOpt",
     "ImageColOpt",
     "FoldsOpt",
+    "AmpOpt",
+    "AmpDtypeOpt",
+    "FeedOpt",
     "device_spec",
+    "precision",
     "split_columns",
 ]
 
@@ -93,6 +97,25 @@ FoldsOpt = Annotated[
     typer.Option("--folds", help="Fold table from `medkit split` (joined on the image column).", dir_okay=False),
 ]
 
+AmpOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--amp/--no-amp",
+        help="Mixed precision (bf16, or fp16 + GradScaler). Default: on a GPU, off on a CPU; --amp forces it "
+        "(bf16 on a CPU), --no-amp switches it off.",
+        show_default=False,
+    ),
+]
+AmpDtypeOpt = Annotated[str, typer.Option("--amp-dtype", help="auto | bf16 | fp16: the mixed-precision dtype.")]
+FeedOpt = Annotated[
+    str,
+    typer.Option(
+        "--feed",
+        help="How batches reach the model: auto (by size) | device (cache in GPU memory) | pinned (cache in "
+        "pinned RAM) | stream (rows read from the cache) | workers (DataLoader; files without --cache).",
+    ),
+]
+
 
 def _state(ctx: typer.Context | None) -> CliState:
     root = ctx.find_root() if ctx is not None else None
@@ -111,3 +134,13 @@ def split_columns(text: str | None) -> tuple[str, ...] | None:
         return None
     cols = tuple(c.strip() for c in text.split(",") if c.strip())
     return cols or None
+
+
+def precision(amp: bool | None, dtype: str) -> str:
+    """``TrainConfig.amp`` from ``--amp/--no-amp`` and ``--amp-dtype``: left unset, mixed precision follows the
+    device (``auto``: on a GPU, off on a CPU) unless a dtype is named; ``--amp`` forces it, ``--no-amp`` is off."""
+    if amp is False:
+        return "off"
+    if dtype != "auto":
+        return dtype
+    return "on" if amp else "auto"

@@ -8,6 +8,9 @@
       split TABLE             patient-grouped, multilabel-stratified, duplicate-aware folds + leakage certificate
       tile SLIDES             cut whole-slide images into the N most tissue-rich tiles
       train TASK              train a model (tasks ct, cxr, wsi, scan, binary, multiclass, multilabel)
+      predict RUN...          predict images with trained runs: fold averaging, TTA, neighbours, grades, Grad-CAM
+      ensemble PREDS...       blend prediction files: weights searched on OOF, cross-validated estimate
+      submit PREDS -c NAME    write, validate and send a competition submission (Kaggle client)
 
 Exit codes: 0 success, 1 problems found, 2 usage/configuration/runtime error, 130 interrupted.
 This module must not import torch, timm or cv2: `medkit --help` and tab completion stay fast.
@@ -25,7 +28,7 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from medkit import __version__
-from medkit.cli import audit, inspect_cmd, list_cmd, split, tile, train
+from medkit.cli import audit, ensemble, inspect_cmd, list_cmd, predict, split, submit, tile, train
 from medkit.cli._options import CliState
 from medkit.console import error, set_verbosity
 from medkit.device import DEVICE_HELP
@@ -213,6 +216,9 @@ app.command("audit", cls=MedkitCommand)(audit.audit)
 app.command("split", cls=MedkitCommand)(split.split)
 app.command("tile", cls=MedkitCommand)(tile.tile)
 app.command("train", cls=MedkitCommand)(train.train)
+app.command("predict", cls=MedkitCommand)(predict.predict)
+app.command("ensemble", cls=MedkitCommand)(ensemble.ensemble)
+app.command("submit", cls=MedkitCommand)(submit.submit)
 
 
 def run() -> None:

@@ -10,8 +10,11 @@ from typing import Annotated, Any
 import typer
 
 from medkit.cli._options import (
+    AmpDtypeOpt,
+    AmpOpt,
     DataOpt,
     DeviceOpt,
+    FeedOpt,
     FoldOpt,
     FoldsOpt,
     ImageColOpt,
@@ -21,6 +24,7 @@ from medkit.cli._options import (
     OutOpt,
     SeedOpt,
     device_spec,
+    precision,
     split_columns,
 )
 from medkit.errors import UsageError
@@ -142,8 +146,6 @@ ImgSizeOpt = Annotated[int | None, typer.Option("--img-size", help="Training ima
 MixupOpt = Annotated[float, typer.Option("--mixup", help="Mixup alpha (0 = off).", min=0.0)]
 CutmixOpt = Annotated[float, typer.Option("--cutmix", help="CutMix alpha (0 = off).", min=0.0)]
 NoAugmentOpt = Annotated[bool, typer.Option("--no-augment", help="Switch off the task's augmentation.")]
-AmpOpt = Annotated[bool, typer.Option("--amp/--no-amp", help="Mixed precision (bf16, or fp16 + GradScaler).")]
-AmpDtypeOpt = Annotated[str, typer.Option("--amp-dtype", help="auto | bf16 | fp16 (with --amp).")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights; evaluate and save it.")]
 EmaDecayOpt = Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")]
@@ -240,7 +242,7 @@ def train(
     mixup: MixupOpt = 0.0,
     cutmix: CutmixOpt = 0.0,
     no_augment: NoAugmentOpt = False,
-    amp: AmpOpt = False,
+    amp: AmpOpt = None,
     amp_dtype: AmpDtypeOpt = "auto",
     compile_: CompileOpt = False,
     ema: EmaOpt = False,
@@ -259,8 +261,10 @@ def train(
     out: OutOpt = None,
     seed: SeedOpt = 0,
     workers: TrainWorkersOpt = None,
+    feed: FeedOpt = "auto",
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
+    competition: CompetitionOpt = None,
 ) -> None:
     """Train a model on a task preset (ct, cxr, wsi, scan, binary, multiclass, multilabel), resumable, DDP-ready."""
     from medkit.engine.ddp import dist_info
@@ -289,6 +293,8 @@ def train(
         batch_size=batch_size,
         labels=label_cols,
     )
+    if competition is not None:  # the Kaggle preset fills what the flags left unset
+        preset, label_cols = _with_competition(preset, competition, metric, label_cols)
     if stage2_optimizer and stage2_epochs < 1:  # checked again by plan_stages; here before any data is read
         raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
     run_out = out or Path("runs") / f"{task}-{preset.model.replace('/', '_')}"
@@ -304,13 +310,14 @@ def train(
         pretrained=pretrained,
         weights=str(weights) if weights else None,
         device=device_spec(ctx, device),
-        amp=amp_dtype if amp else "off",
+        amp=precision(amp, amp_dtype),
         compile=compile_,
         ema=ema,
         ema_decay=ema_decay,
         seed=seed,
         deterministic=deterministic,
         workers=workers,
+        feed=feed,
         cache_workers=cache_workers,
         ckpt_every=ckpt_every,
         max_steps=max_steps,
@@ -369,6 +376,29 @@ def _preset(name: str, data: Path, img_size: int | None, **overrides: Any) -> An
     return preset
 
 
+CompetitionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--competition",
+        help="Kaggle preset (rsna, ranzcr, panda, siim-isic): its metric, label columns and groups, unless given.",
+    ),
+]
+
+
+def _with_competition(preset: Any, name: str, metric: str | None, label_cols: str | None) -> tuple[Any, str | None]:
+    """The task preset with a competition's metric, label columns and label groups where no flag set them."""
+    from medkit.registries import COMPETITIONS
+
+    comp = COMPETITIONS.create(name)
+    labels = label_cols or ",".join(comp.target_columns)
+    changes = {
+        "metric": None if metric else (comp.metric or None),
+        "labels": None if label_cols else tuple(comp.target_columns),
+        "label_groups": comp.label_groups or None,
+    }
+    return preset.with_(**changes), labels
+
+
 def _fold_number(fold: str | None) -> int | None:
     if fold is None or fold == "all":
         return None
@@ -378,16 +408,16 @@ def _fold_number(fold: str | None) -> int | None:
         raise UsageError(f"--fold must be an integer or 'all', not '{fold}'") from None
 
 
-def _print_profile(summary: dict[str, float], json_out: bool) -> None:
+def _print_profile(summary: dict[str, Any], json_out: bool) -> None:
     from medkit.console import out, print_json
 
     if json_out:
         print_json(summary)
         return
     out.print(
-        f"profile: {int(summary['steps'])} steps, data wait {summary['data_wait_ms']:.1f} ms, "
-        f"step {summary['step_ms']:.1f} ms, waiting {100 * summary['wait_fraction']:.0f}% of the time, "
-        f"{summary['img_per_s']:.0f} img/s"
+        f"profile: {int(summary['steps'])} steps, feed {summary['feed']}, "
+        f"data wait {summary['data_wait_ms']:.1f} ms, step {summary['step_ms']:.1f} ms, "
+        f"waiting {100 * summary['wait_fraction']:.0f}% of the time, {summary['img_per_s']:.0f} img/s"
     )
 
 

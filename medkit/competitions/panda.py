@@ -7,14 +7,60 @@ from __future__ import annotations
 
 from typing import Any
 
-from medkit.competitions._base import Competition
+from medkit.competitions._base import Competition, Values
 from medkit.errors import DataError
 from medkit.registries import COMPETITIONS
 
-__all__ = ["PANDA_COLUMNS", "from_panda", "panda"]
+__all__ = ["PANDA_COLUMNS", "ISUP_GRADES", "from_panda", "gleason_to_isup", "panda"]
 
 # The columns from_panda needs; gleason_score (and anything else) is carried along.
 PANDA_COLUMNS: tuple[str, ...] = ("image_id", "data_provider", "isup_grade")
+#: ISUP grade groups 0 (no cancer) to 5.
+ISUP_GRADES = Values("integer", 0, 5)
+# ISUP grade group of each Gleason pattern pair (primary, secondary) that PANDA uses.
+_ISUP_OF_GLEASON: dict[tuple[int, int], int] = {
+    (0, 0): 0,
+    (3, 3): 1,
+    (3, 4): 2,
+    (4, 3): 3,
+    (4, 4): 4,
+    (3, 5): 4,
+    (5, 3): 4,
+    (4, 5): 5,
+    (5, 4): 5,
+    (5, 5): 5,
+}
+
+
+def gleason_to_isup(score: str | tuple[int, int]) -> int:
+    """ISUP grade group of a Gleason score: ``"3+4"`` -> 2.
+
+    ``0+0`` and ``negative`` (how the two PANDA providers write a benign slide) give 0; 3+3 gives 1, 3+4 2, 4+3
+    3, 4+4 / 3+5 / 5+3 4, and 4+5 / 5+4 / 5+5 5.
+
+    Args:
+        score: ``"primary+secondary"`` (spaces allowed), ``"negative"``, or a ``(primary, secondary)`` pair.
+
+    Raises:
+        DataError: A score that is not one of the above.
+    """
+    if isinstance(score, str):
+        text = score.strip().lower()
+        if text == "negative":
+            return 0
+        parts = text.replace(" ", "").split("+")
+        try:
+            pair = (int(parts[0]), int(parts[1])) if len(parts) == 2 else None
+        except ValueError:
+            pair = None
+    else:
+        pair = (int(score[0]), int(score[1])) if len(score) == 2 else None
+    if pair not in _ISUP_OF_GLEASON:
+        raise DataError(
+            f"'{score}' is not a Gleason score PANDA uses",
+            hint="write it as primary+secondary with patterns 3-5 (e.g. 3+4), or 0+0 / negative for benign",
+        )
+    return _ISUP_OF_GLEASON[pair]
 
 
 def from_panda(df: Any) -> Any:
@@ -47,4 +93,8 @@ def panda() -> Competition:
         target_columns=("isup_grade",),
         metric="qwk",
         submission="code",
+        values=ISUP_GRADES,
+        id_pattern=r"^[0-9a-f]{32}$",
+        test_dir="test_images",
+        test_table="test.csv",
     )

@@ -68,4 +68,6 @@ def ranzcr() -> Competition:
         metric="auc",
         submission="code",
         label_groups=dict(RANZCR_GROUPS),
+        id_pattern=r"^[0-9]+(\.[0-9]+)+$",  # a DICOM UID
+        test_dir="test",
     )

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from medkit.competitions._base import Competition
+from medkit.competitions._base import Competition, image_stem
 from medkit.errors import DataError
 from medkit.registries import COMPETITIONS
 
-__all__ = ["RSNA_SUBTYPES", "from_rsna_long", "looks_like_rsna_long", "rsna"]
+__all__ = ["RSNA_SUBTYPES", "RSNA_CLIP_EPS", "from_rsna_long", "looks_like_rsna_long", "rsna_image_id", "rsna"]
 
 RSNA_SUBTYPES: tuple[str, ...] = (
     "epidural",
@@ -26,6 +26,20 @@ RSNA_SUBTYPES: tuple[str, ...] = (
     "any",
 )
 _RSNA_ID = re.compile(rf"^ID_[0-9a-fA-F]+_({'|'.join(RSNA_SUBTYPES)})$")
+_BARE_HEX = re.compile(r"^[0-9a-fA-F]+$")
+#: Submitted probabilities are clipped to [eps, 1 - eps]: the same eps as the `rsna_logloss` metric, so the file
+#: scores as medkit scored it and never holds the exact 0 or 1 that costs without bound when wrong.
+RSNA_CLIP_EPS = 1e-7
+
+
+def rsna_image_id(image: str) -> str:
+    """The RSNA image id (the DICOM stem, ``ID_`` + 9 hex digits) of an image named by a path, a stem or bare hex.
+
+    ``stage_2_test/ID_0fbf6a978.dcm``, ``ID_0fbf6a978`` and ``0fbf6a978`` all give ``ID_0fbf6a978``: the prefix
+    is added only to bare hex, never twice.
+    """
+    stem = image_stem(image)
+    return f"ID_{stem}" if _BARE_HEX.match(stem) else stem
 
 
 def looks_like_rsna_long(df: Any) -> bool:
@@ -88,4 +102,10 @@ def rsna() -> Competition:
         metric="rsna_logloss",
         submission="file",
         long_format=True,
+        value_column="Label",
+        clip_eps=RSNA_CLIP_EPS,
+        id_pattern=rf"^ID_[0-9a-fA-F]{{9}}_({'|'.join(RSNA_SUBTYPES)})$",
+        id_rule=rsna_image_id,
+        sample_file="stage_2_sample_submission.csv",
+        test_dir="stage_2_test",
     )

@@ -21,10 +21,11 @@ from torch.utils.data import Dataset
 
 from medkit.errors import DataError
 
-__all__ = ["ImageDataset", "collate"]
+__all__ = ["ImageDataset", "collate", "targets_tensor"]
 
 
-def _targets_tensor(targets: np.ndarray) -> torch.Tensor:
+def targets_tensor(targets: np.ndarray) -> torch.Tensor:
+    """Targets as the batches carry them: float32 for float or bool columns, int64 for class indices."""
     t = torch.from_numpy(np.ascontiguousarray(targets))
     if t.dtype.is_floating_point:
         return t.float()
@@ -56,7 +57,7 @@ class ImageDataset(Dataset):
                     hint="the targets must have one row per image of the source",
                 )
         self.targets = targets
-        self._targets_t = _targets_tensor(targets) if targets is not None else None
+        self._targets_t = targets_tensor(targets) if targets is not None else None
         self.indices = np.arange(n, dtype=np.int64) if indices is None else np.asarray(indices, dtype=np.int64)
         if len(self.indices) and (self.indices.min() < 0 or self.indices.max() >= n):
             raise DataError(f"dataset indices out of range for {n} images", hint="check the fold's row indices")

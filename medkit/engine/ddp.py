@@ -17,11 +17,21 @@ __all__ = ["DistInfo", "dist_info", "setup", "barrier", "gather_arrays", "all_re
 
 @dataclass(frozen=True)
 class DistInfo:
-    """Where this process sits in a distributed run (world_size 1 = a single process)."""
+    """Where this process sits in a distributed run (world_size 1 = a single process).
+
+    ``local_world_size`` is the number of processes on this machine (None: all of them), the ones that share its
+    host memory.
+    """
 
     world_size: int = 1
     rank: int = 0
     local_rank: int = 0
+    local_world_size: int | None = None
+
+    @property
+    def on_this_node(self) -> int:
+        """Processes of the run on this machine."""
+        return self.local_world_size or self.world_size
 
     @property
     def enabled(self) -> bool:
@@ -39,7 +49,8 @@ def dist_info() -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     rank = int(os.environ.get("RANK", "0") or 0)
     local = int(os.environ.get("LOCAL_RANK", str(rank)) or 0)
-    return DistInfo(world, rank, local)
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")
+    return DistInfo(world, rank, local, int(local_world) if local_world else None)
 
 
 def setup(info: DistInfo, device: Any) -> Any:

@@ -6,15 +6,17 @@ permutation.
 
 A `Feeder` is what the training loop and `medkit.engine.predict.predict` iterate: ``set_epoch(epoch, skip)``,
 then ``for batch in feeder`` yields `Batch` objects whose tensors are on the runtime's device. `LoaderFeeder` is
-the first implementation: one DataLoader per split (built once, workers kept across epochs) over
+the DataLoader path (``--feed workers``): one DataLoader per split (built once, workers kept across epochs) over
 `medkit.data.loader.ImageDataset`, uint8 batches pinned on CUDA and copied on a side stream while the previous
-batch computes. Other feeders (a cache held in GPU memory, a pinned ring) plug in behind the same protocol.
+batch computes; it is the reference every other feeder matches batch for batch. The feeders that need no
+DataLoader (the cache held in device memory, a pinned host tensor with a ring of buffers, rows streamed from the
+memmap) and the choice between them by size are `medkit.engine.feeders`; `make_feeder` returns the chosen one.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from medkit.errors import UsageError
 
-__all__ = ["Batch", "EpochBatches", "Feeder", "LoaderFeeder", "make_loader", "make_feeder"]
+__all__ = ["Batch", "EpochBatches", "Feeder", "LoaderFeeder", "make_loader", "make_feeder", "on_side_stream"]
 
 
 @dataclass
@@ -42,15 +44,16 @@ class Batch:
     def __len__(self) -> int:
         return int(self.image.shape[0])
 
-    def to(self, device: Any, channels_last: bool = False) -> Batch:
-        """The batch on ``device`` (non-blocking copies: the source should be pinned)."""
+    def to(self, device: Any, channels_last: bool = False, copy: bool = False) -> Batch:
+        """The batch on ``device`` (non-blocking copies: the source should be pinned); ``copy`` copies even when
+        the tensors are already there (a batch that must not share memory with a buffer that is reused)."""
         import torch
 
         fmt = torch.channels_last if channels_last else torch.preserve_format
         return Batch(
-            self.image.to(device, non_blocking=True, memory_format=fmt),
-            self.target.to(device, non_blocking=True),
-            self.index.to(device, non_blocking=True),
+            self.image.to(device, non_blocking=True, memory_format=fmt, copy=copy),
+            self.target.to(device, non_blocking=True, copy=copy),
+            self.index.to(device, non_blocking=True, copy=copy),
         )
 
     @classmethod
@@ -235,19 +238,42 @@ class LoaderFeeder:
             with torch.cuda.stream(stream):
                 return Batch.from_dict(d).to(rt.device, rt.channels_last)
 
+        yield from on_side_stream(load, rt, stream)
+
+
+def on_side_stream(load: Callable[[], Batch | None], runtime: Any, stream: Any) -> Iterator[Batch]:
+    """Hand out the batches of ``load``, whose copies are issued on the side ``stream`` one batch ahead (CUDA): the
+    copy of batch k+1 overlaps the step on batch k."""
+    import torch
+
+    nxt = load()
+    while nxt is not None:
+        main = torch.cuda.current_stream(runtime.device)
+        main.wait_stream(stream)
+        batch = nxt
+        # The tensors were made on the side stream; tell the allocator the main stream uses them now.
+        for t in (batch.image, batch.target, batch.index):
+            t.record_stream(main)
         nxt = load()
-        while nxt is not None:
-            main = torch.cuda.current_stream(rt.device)
-            main.wait_stream(stream)
-            batch = nxt
-            # The tensors were made on the side stream; tell the allocator the main stream uses them now.
-            for t in (batch.image, batch.target, batch.index):
-                t.record_stream(main)
-            nxt = load()
-            yield batch
+        yield batch
 
 
-def make_feeder(split: Any, batch_size: int, runtime: Any, *, train: bool, seed: int = 0) -> LoaderFeeder:
-    """The feeder of one split: shuffled, one-image tail dropped (training) or in order, padded across ranks."""
+def make_feeder(split: Any, batch_size: int, runtime: Any, *, train: bool, seed: int = 0, feed: str = "auto") -> Feeder:
+    """The feeder of one split: shuffled, one-image tail dropped (training) or in order, padded across ranks.
+
+    Args:
+        split: The split to feed.
+        batch_size: Global batch size.
+        runtime: The `medkit.engine.runtime.Runtime`.
+        train: Training order (shuffled per epoch) or evaluation order.
+        seed: Seed of the batch order.
+        feed: ``auto`` (chosen by size, `medkit.engine.feeders.choose_feed`), ``device``, ``pinned``, ``stream``
+            or ``workers`` (`LoaderFeeder`).
+
+    Raises:
+        UsageError: An unknown feed, or one that cannot feed this split (files without a cache need ``workers``).
+    """
+    from medkit.engine.feeders import feeder_for, plan_feed
+
     order = EpochBatches(len(split), batch_size, train, seed, runtime.dist.world_size, runtime.dist.rank, train=train)
-    return LoaderFeeder(split, order, runtime)
+    return feeder_for(plan_feed([split], runtime, feed).name, split, order, runtime)

@@ -47,13 +47,17 @@ class TrainConfig:
         pretrained: Start from the model's pretrained weights (timm; needs internet once).
         weights: Local state dict to start from.
         device: Device spec (auto, cpu, cuda:N, mps).
-        amp: Autocast: ``off``, ``auto``, ``bf16`` or ``fp16``.
+        amp: Autocast: ``auto`` (bf16, else fp16 + GradScaler, on a GPU; fp32 on a CPU), ``on`` (also bf16 on a
+            CPU), ``bf16``, ``fp16`` or ``off``.
         compile: torch.compile the model.
         ema: Keep an exponential moving average of the weights; evaluate and save it.
         ema_decay: EMA decay per step.
         seed: Seed of everything (batch order, augmentation, initial weights).
         deterministic: Ask torch for deterministic kernels.
-        workers: DataLoader workers feeding the model (None: `medkit.engine.runtime.loader_workers`).
+        workers: DataLoader workers feeding the model with ``feed="workers"`` (None:
+            `medkit.engine.runtime.loader_workers`).
+        feed: How batches reach the model: ``auto`` (by size, `medkit.engine.feeders.choose_feed`), ``device``,
+            ``pinned``, ``stream`` or ``workers``.
         cache_workers: Processes decoding files into the ``cache_dir`` cache (None: every usable core).
         ckpt_every: Write last.pt every N optimizer steps (0: only at epoch ends and on Ctrl-C).
         max_steps: Stop (resumably) after this many optimizer steps of the run in total.
@@ -87,13 +91,14 @@ class TrainConfig:
     pretrained: bool = False
     weights: str | None = None
     device: str = "auto"
-    amp: str = "off"
+    amp: str = "auto"
     compile: bool = False
     ema: bool = False
     ema_decay: float = 0.999
     seed: int = 0
     deterministic: bool = False
     workers: int | None = None
+    feed: str = "auto"
     cache_workers: int | None = None
     ckpt_every: int = 0
     max_steps: int = 0
@@ -136,6 +141,7 @@ class FitResult:
         test: Test-split scores of the best checkpoint (MedMNIST), or {}.
         stopped: ``""``, ``"early"``, ``"max_steps"``, ``"dry_run"``.
         profile: `Profiler.summary()` of a ``profile`` run, or {}.
+        feed: The feeder that fed the training (`medkit.engine.feeders.FeedChoice` name).
     """
 
     run_dir: Path
@@ -148,6 +154,7 @@ class FitResult:
     test: dict[str, float] = field(default_factory=dict)
     stopped: str = ""
     profile: dict[str, float] = field(default_factory=dict)
+    feed: str = ""
 
 
 @dataclass
@@ -163,6 +170,7 @@ class Trainer:
     parts: TrainParts
     state: TrainState
     ctx: StepContext
+    feed: Any
     train_feed: Any
     val_feed: Any
     train_model: Any
@@ -192,11 +200,13 @@ def fit(cfg: TrainConfig) -> FitResult:
     """
     from medkit.data.dataset import build_data
     from medkit.device import seed_everything
+    from medkit.engine.feeders import check_feed
     from medkit.engine.runtime import resolve_runtime
 
+    check_feed(cfg.feed)  # before the data is read or cached
     run = RunDir(cfg.out)
     resume = _resume_checkpoint(cfg, run)
-    rt = resolve_runtime(cfg.device, cfg.amp, cfg.workers)
+    rt = resolve_runtime(cfg.device, cfg.amp, cfg.workers, deterministic=cfg.deterministic)
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(
         cfg.task,
@@ -235,6 +245,7 @@ def fit(cfg: TrainConfig) -> FitResult:
         test_scores,
         tr.stopped,
         tr.profiler.summary() if tr.profiler is not None else {},
+        tr.feed.name,
     )
 
 
@@ -256,6 +267,7 @@ def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
 def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, Any] | None) -> Trainer:
     """Build every part of the run (restored from ``resume`` when given)."""
     from medkit.engine.feed import make_feeder
+    from medkit.engine.feeders import plan_feed
     from medkit.engine.spec import spec_of
     from medkit.engine.stages import plan_stages
     from medkit.metrics import build_metric, greater_is_better
@@ -280,7 +292,11 @@ def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, 
     )
     metric = build_metric(task.metric)
     greater = greater_is_better(metric)
-    train_feed = make_feeder(data.train, task.batch_size, rt, train=True, seed=cfg.seed)
+    # Decided once for the run; the rows of every split are held (once) before the first feeder is made.
+    feed = plan_feed([data.train, data.val, data.test], rt, cfg.feed)
+    if rt.is_main:
+        info(str(feed))
+    train_feed = make_feeder(data.train, task.batch_size, rt, train=True, seed=cfg.seed, feed=feed.name)
     transforms, mean, std = _transforms(cfg, data, rt)
     ctx = StepContext(
         loss_fn=parts.loss,
@@ -305,8 +321,9 @@ def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, 
         parts=parts,
         state=TrainState.from_checkpoint(resume) if resume is not None else TrainState(),
         ctx=ctx,
+        feed=feed,
         train_feed=train_feed,
-        val_feed=make_feeder(data.val, task.batch_size, rt, train=False, seed=cfg.seed),
+        val_feed=make_feeder(data.val, task.batch_size, rt, train=False, seed=cfg.seed, feed=feed.name),
         train_model=rt.wrap_for_training(parts.model, cfg.compile),
         metric=metric,
         greater=greater,
@@ -409,9 +426,14 @@ def _run_record(tr: Trainer) -> dict[str, Any]:
         img_size=tr.cfg.task.img_size,
         runtime={
             "device": str(rt.device),
+            "amp": tr.cfg.amp,
             "amp_dtype": str(rt.amp_dtype).removeprefix("torch."),
             "channels_last": rt.channels_last,
+            "cudnn_benchmark": rt.cudnn_benchmark,
             "workers": rt.workers,
+            "feed": tr.feed.name,
+            "feed_reason": tr.feed.reason,
+            "loss_every": rt.loss_every,
         },
         spec=tr.spec.to_dict(),
     )
@@ -423,6 +445,8 @@ def _checkpoint(tr: Trainer, finished: bool = False) -> dict[str, Any]:
     """The checkpoint dict; collective under DDP (every rank must call it: the RNG states are gathered)."""
     import medkit
 
+    # The pending losses are read first: one that is not finite stops the run before its weights are saved.
+    tr.state.progress.settle()
     info = tr.rt.dist
     rngs = {info.rank: rng_state({"augment": tr.ctx.transforms.generator})}
     if info.enabled:
@@ -598,7 +622,7 @@ def _score_test(tr: Trainer) -> dict[str, float]:
 
     data, model = tr.data, tr.parts.model
     model.load_state_dict(evaluated_weights(load_checkpoint(tr.run.best, map_location="cpu")))
-    feed = make_feeder(data.test, tr.cfg.task.batch_size, tr.rt, train=False, seed=tr.cfg.seed)
+    feed = make_feeder(data.test, tr.cfg.task.batch_size, tr.rt, train=False, seed=tr.cfg.seed, feed=tr.feed.name)
     preds = gather(
         predict(model, feed, tr.rt, data.target, tr.ctx.transforms.eval, dry_run=tr.cfg.dry_run), tr.rt.dist, data.test
     )
@@ -617,8 +641,9 @@ def _score_test(tr: Trainer) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------------------------------------- profile
-def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
-    """Train ``steps`` steps into a throw-away folder and return the data-wait vs step-time summary."""
+def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, Any]:
+    """Train ``steps`` steps into a throw-away folder and return the data-wait vs step-time summary, with the
+    feeder that fed them (``feed``)."""
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="medkit-profile-") as tmp:
@@ -632,4 +657,5 @@ def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, float]:
             dry_run=False,
             evaluate_test=False,
         )
-        return fit(sub).profile
+        result = fit(sub)
+        return {**result.profile, "feed": result.feed}

@@ -6,9 +6,10 @@ Prediction (validation, test, ``medkit predict``) is `medkit.engine.predict.pred
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from medkit.errors import MedkitError
@@ -20,12 +21,18 @@ __all__ = ["EpochState", "StepContext", "train_one_epoch", "train_step"]
 class EpochState:
     """Running sums of the epoch in progress; saved in mid-epoch checkpoints so a resumed epoch reports the same.
 
+    The loss of a step stays on the device until `settle` reads it (`add` does not wait for the device): reading
+    it after every step would make the host wait for the GPU once per step. The loop settles every
+    ``Runtime.loss_every`` steps and at the end of the epoch, and every checkpoint settles first, so a loss that
+    is not finite stops the run (`settle` raises) before any checkpoint could hold the weights it produced.
+
     Attributes:
         step: Batches done in this epoch.
-        loss_sum: Sum of per-batch mean losses weighted by batch size.
+        loss_sum: Sum of per-batch mean losses weighted by batch size (settled steps).
         seen: Images seen.
         seconds: Wall time spent in training steps.
         data_seconds: Wall time spent waiting for batches.
+        pending: (loss tensor, images, step) of the steps whose loss has not been read yet (not checkpointed).
     """
 
     step: int = 0
@@ -33,11 +40,45 @@ class EpochState:
     seen: int = 0
     seconds: float = 0.0
     data_seconds: float = 0.0
+    pending: list[tuple[Any, int, int]] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def loss(self) -> float:
-        """Mean training loss so far."""
-        return self.loss_sum / self.seen if self.seen else float("nan")
+        """Mean training loss of the settled steps."""
+        settled = self.seen - sum(n for _, n, _ in self.pending)
+        return self.loss_sum / settled if settled else float("nan")
+
+    def add(self, loss: Any, n: int) -> None:
+        """Count a finished step on ``n`` images whose mean loss is the tensor ``loss`` (not read yet)."""
+        self.step += 1
+        self.seen += n
+        self.pending.append((loss.detach(), n, self.step))
+
+    def settle(self) -> None:
+        """Read the pending losses from the device (one wait for all of them) into ``loss_sum``.
+
+        Raises:
+            MedkitError: When one of them is not finite (NaN or infinite).
+        """
+        if not self.pending:
+            return
+        import torch
+
+        values = torch.stack([loss.reshape(()) for loss, _, _ in self.pending]).cpu().tolist()
+        pending, self.pending = self.pending, []
+        for value, (_, n, step) in zip(values, pending, strict=True):
+            if not math.isfinite(value):
+                raise MedkitError(
+                    f"the training loss became {value} at step {step} of the epoch (check the data and the "
+                    "learning rate)",
+                    hint="lower --lr, try --no-amp, or check the labels for NaN",
+                )
+            self.loss_sum += value * n
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settled sums, for a checkpoint (`EpochState(**d)` restores them)."""
+        self.settle()
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pending"}
 
 
 @dataclass
@@ -97,20 +138,19 @@ def train_one_epoch(
         The epoch state (``loss`` = mean training loss).
     """
     state = state or EpochState()
+    every = max(1, ctx.runtime.loss_every)
     model.train()
     t_wait = time.perf_counter()
     it = profiler.iter(batches) if profiler is not None else batches
     for batch in it:
         t0 = time.perf_counter()
         state.data_seconds += t0 - t_wait
-        timer = profiler.step(len(batch)) if profiler is not None else contextlib.nullcontext()
-        with timer:
-            loss = train_step(model, batch, ctx)
         n = len(batch)
-        # .item() is a device sync; once per step is the price of an exact running loss.
-        state.loss_sum += float(loss.detach().item()) * n
-        state.seen += n
-        state.step += 1
+        timer = profiler.step(n) if profiler is not None else contextlib.nullcontext()
+        with timer:
+            state.add(train_step(model, batch, ctx), n)
+            if len(state.pending) >= every:
+                state.settle()  # waits for the device: every few steps only (Runtime.loss_every)
         t_wait = time.perf_counter()
         state.seconds += t_wait - t0
         if bar is not None:
@@ -119,11 +159,12 @@ def train_one_epoch(
             break
         if dry_run:
             break
+    state.settle()
     return state
 
 
 def train_step(model: Any, batch: Any, ctx: StepContext) -> Any:
-    """One optimizer step on one batch (already on the device); returns the loss tensor."""
+    """One optimizer step on one batch (already on the device); returns the loss tensor (not read on the host)."""
     target = ctx.prepare_target(batch.target) if ctx.prepare_target is not None else batch.target
     images, target = ctx.transforms.train(batch.image, target)
     if ctx.runtime.channels_last:
@@ -135,11 +176,8 @@ def train_step(model: Any, batch: Any, ctx: StepContext) -> Any:
         logits = model(images)
     # The loss runs in fp32: log-sigmoid and weighted sums lose precision under bf16.
     loss = ctx.loss_fn(logits.float(), target, **extra)
-    if not bool(loss.isfinite()):
-        raise MedkitError(
-            f"the training loss became {loss.item()} (check the data and the learning rate)",
-            hint="lower --lr, try without --amp, or check the labels for NaN",
-        )
+    # No check here that the loss is finite: that would wait for the device on every step. EpochState.settle
+    # checks it every few steps, and before any checkpoint is written.
     _backward_and_step(model, loss, ctx)
     if ctx.schedule is not None and hasattr(ctx.schedule, "step_batch"):
         ctx.schedule.step_batch()

@@ -1,19 +1,23 @@
 """The runtime: every decision that depends on the device, made once and passed down.
 
 `resolve_runtime` turns ``--device``, ``--amp`` and ``--workers`` into a `Runtime`: the device (this rank's GPU
-under DDP), the autocast dtype, whether a GradScaler is needed, channels-last memory format, pinned host memory,
-and how many DataLoader workers feed the model. Nothing below the runtime looks at ``device.type`` again.
+under DDP), the autocast dtype (mixed precision by default on a GPU, fp32 on a CPU), whether a GradScaler is
+needed, channels-last memory format, cuDNN autotuning, pinned host memory, how many DataLoader workers feed the
+model and how often the training loop reads the loss back from the device. Nothing below the runtime looks at
+``device.type`` again. The runtime also keeps the rows a feeder holds in memory (`Runtime.held`), so the training,
+validation and test feeders of one run share one copy of the cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from medkit.engine.ddp import DistInfo, dist_info
 
-__all__ = ["Runtime", "resolve_runtime", "loader_workers"]
+__all__ = ["Runtime", "resolve_runtime", "loader_workers", "GPU_LOSS_EVERY"]
 
 
 def loader_workers(requested: int | None, device_type: str, cap: int = 8) -> int:
@@ -40,6 +44,12 @@ class Runtime:
         pin_memory: Pin host batches so host-to-device copies can overlap compute.
         workers: DataLoader worker processes that read batches for the model.
         dist: Where this process sits in a DDP run.
+        cudnn_benchmark: cuDNN picks the fastest convolution algorithms for the input shapes (CUDA, unless
+            ``--deterministic``).
+        loss_every: Steps between two reads of the training loss on the host (each read waits for the device):
+            every step on a CPU, where it costs nothing, less often on a GPU (`medkit.engine.loop.EpochState`).
+        held: Source -> rows held in memory by the feeders (`medkit.engine.feeders`), shared by every feeder of
+            this runtime and released with the source.
     """
 
     device: Any
@@ -48,6 +58,9 @@ class Runtime:
     pin_memory: bool = False
     workers: int = 0
     dist: DistInfo = field(default_factory=DistInfo)
+    cudnn_benchmark: bool = False
+    loss_every: int = 1
+    held: Any = field(default_factory=weakref.WeakKeyDictionary, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -99,16 +112,27 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
 
+#: Steps between two reads of the training loss on a GPU: rare enough that the host stays ahead of the device,
+#: often enough that a diverging run stops within a few seconds.
+GPU_LOSS_EVERY = 25
+
+
 def resolve_runtime(
-    device: str = "auto", amp: str = "off", workers: int | None = None, info: DistInfo | None = None
+    device: str = "auto",
+    amp: str = "auto",
+    workers: int | None = None,
+    info: DistInfo | None = None,
+    deterministic: bool = False,
 ) -> Runtime:
     """Resolve the device (and the DDP process group), the precision and the feeding policy once.
 
     Args:
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: ``off``, ``auto``, ``bf16`` or ``fp16``.
+        amp: ``auto`` (mixed precision on a GPU, fp32 on a CPU), ``on`` (mixed precision everywhere: bf16 on a
+            CPU), ``bf16``, ``fp16`` or ``off`` (see `medkit.device.amp_dtype`).
         workers: DataLoader workers (None: `loader_workers`'s default for the device).
         info: The DDP placement (None: read from the torchrun environment).
+        deterministic: Deterministic kernels were asked for: no cuDNN autotuning.
 
     Raises:
         DeviceError: For a device or precision this machine does not have.
@@ -119,6 +143,11 @@ def resolve_runtime(
     info = info or dist_info()
     dev = ddp.setup(info, resolve_device(device))
     cuda = dev.type == "cuda"
+    benchmark = cuda and not deterministic
+    if benchmark:
+        import torch
+
+        torch.backends.cudnn.benchmark = True
     return Runtime(
         device=dev,
         amp_dtype=amp_dtype(dev, amp),
@@ -126,4 +155,6 @@ def resolve_runtime(
         pin_memory=cuda,
         workers=loader_workers(workers, dev.type),
         dist=info,
+        cudnn_benchmark=benchmark,
+        loss_every=GPU_LOSS_EVERY if cuda else 1,
     )

@@ -43,6 +43,8 @@ class RunSpec:
         batch_size: Global batch size of training (predictions use it too).
         stages: The `medkit.engine.stages.Stage` records of the run.
         ema: Whether the evaluated weights are an EMA.
+        neighbours: Odd-length weights that combine each CT slice's logits with its neighbours' in the series
+            (`medkit.engine.aggregate.aggregate_neighbours`) at prediction time; empty: no aggregation.
         version: `SPEC_VERSION` of the writer.
     """
 
@@ -62,6 +64,7 @@ class RunSpec:
     batch_size: int = 32
     stages: tuple[dict[str, Any], ...] = ()
     ema: bool = False
+    neighbours: tuple[float, ...] = ()
     version: int = SPEC_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,7 +83,7 @@ class RunSpec:
         try:
             kw = dict(d)
             kw["model"] = ModelSpec(d["model"]["name"], dict(d["model"]["kwargs"]))
-            for key in ("mean", "std", "label_names", "label_cols", "stages"):
+            for key in ("mean", "std", "label_names", "label_cols", "stages", "neighbours"):
                 kw[key] = tuple(kw.get(key) or ())
             known = set(cls.__dataclass_fields__)
             return cls(**{k: v for k, v in kw.items() if k in known})

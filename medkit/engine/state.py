@@ -14,7 +14,7 @@ the middle of an epoch resumes at the next batch.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from medkit.engine.checkpoint import unwrap
@@ -74,7 +74,7 @@ class TrainState:
             "epoch": self.epoch,
             "step": self.progress.step,
             "global_step": self.global_step,
-            "epoch_state": asdict(self.progress),
+            "epoch_state": self.progress.to_dict(),
             "history": self.history,
             "best": self.best,
             "best_epoch": self.best_epoch,

@@ -58,6 +58,23 @@ def test_parallel_build_equals_serial(tmp_path: Path) -> None:
     np.testing.assert_array_equal(par.get_batch(range(70)), direct)
 
 
+def test_build_chunks_are_large_and_cover_every_row_once() -> None:
+    import sys
+
+    from medkit.data.cache import _chunks, _spawn_without_main
+
+    todo = np.arange(5, 20_005)
+    chunks = _chunks(todo, workers=16)
+    assert np.array_equal(np.concatenate(chunks), todo)
+    assert len(chunks) == 64 and {len(c) for c in chunks[:-1]} == {313}  # about four per worker
+    assert max(len(c) for c in _chunks(np.arange(10**6), 2)) == 1024 and len(_chunks(np.arange(40), 8)) == 3
+    main = sys.modules["__main__"]
+    before = getattr(main, "__file__", None), getattr(main, "__spec__", None)
+    with _spawn_without_main():  # spawned workers then do not run this program's main module again
+        assert getattr(main, "__file__", None) is None and getattr(main, "__spec__", None) is None
+    assert (getattr(main, "__file__", None), getattr(main, "__spec__", None)) == before
+
+
 def test_reopen_computes_nothing_and_cache_pickles_small(tmp_path: Path) -> None:
     paths = _pngs(tmp_path / "data", 5)
     first = UInt8Cache.build(paths, PRE, tmp_path / "cache", workers=0, progress=False)

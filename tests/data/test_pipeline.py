@@ -58,6 +58,20 @@ def test_preprocess_channels_resize_and_margin() -> None:
     np.testing.assert_array_equal(Preprocess(size=8).from_array(rgba), rgb)
 
 
+@pytest.mark.parametrize("interpolation", ["auto", "area", "linear", "nearest", "cubic"])
+def test_gray_to_three_channels_gives_the_pixels_of_repeating_before_the_resize(interpolation: str) -> None:
+    """The gray channel is resized once and then repeated: the pixels must be those of resizing all three."""
+    flags = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
+    rng = np.random.default_rng(5)
+    for h, w, size in ((97, 131, 40), (64, 64, 32), (30, 45, 60), (413, 262, (224, 399))):
+        img = cv2.GaussianBlur(rng.integers(0, 256, (h, w), dtype=np.uint8), (0, 0), 2)
+        pre = Preprocess(size=size, margin=2, channels=3, interpolation=interpolation)
+        oh, ow = pre.out_hw
+        name = interpolation if interpolation != "auto" else ("area" if oh <= h and ow <= w else "linear")
+        want = cv2.resize(np.repeat(img[:, :, None], 3, axis=2), (ow, oh), interpolation=flags[name])
+        np.testing.assert_array_equal(pre.from_array(img), want)
+
+
 def test_preprocess_is_picklable_and_validates() -> None:
     pre = Preprocess(size=64, margin=4, windows=("brain", "subdural", "soft_tissue"))
     again = pickle.loads(pickle.dumps(pre))

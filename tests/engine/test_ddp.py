@@ -29,6 +29,10 @@ def test_dist_info_reads_torchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOCAL_RANK", "1")
     info = dist_info()
     assert (info.world_size, info.rank, info.local_rank, info.enabled, info.is_main) == (4, 3, 1, True, False)
+    assert info.on_this_node == 4  # without LOCAL_WORLD_SIZE: every process shares this machine
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert dist_info().on_this_node == 2
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
     monkeypatch.delenv("WORLD_SIZE")
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("LOCAL_RANK")

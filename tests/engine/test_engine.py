@@ -14,7 +14,7 @@ from medkit.engine.loop import EpochState, StepContext, train_one_epoch
 from medkit.engine.predict import predict
 from medkit.engine.run import draw_curves, read_metrics, write_metrics, write_oof
 from medkit.engine.runtime import Runtime
-from medkit.errors import DataError, UsageError
+from medkit.errors import DataError, MedkitError, UsageError
 from medkit.target import MULTICLASS, MULTILABEL, cumulative_targets
 
 
@@ -215,6 +215,69 @@ def test_on_step_can_stop_and_dry_run_does_one_batch() -> None:
     # A resumed epoch keeps its running sums.
     st = train_one_epoch(model, _toy_loader()[2:], _ctx(model), state=EpochState(step=2, loss_sum=8.0, seen=8))
     assert st.step == 3 and st.seen == 12
+
+
+def _nan_at(step: int) -> torch.nn.Module:
+    class Loss(torch.nn.Module):
+        calls = 0
+
+        def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            Loss.calls += 1
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+            return loss * float("nan") if Loss.calls == step else loss
+
+    return Loss()
+
+
+def test_the_loss_is_read_every_few_steps_and_summed_exactly() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    ctx = _ctx(model)
+    ctx.runtime = Runtime(torch.device("cpu"), loss_every=3)
+    batches = _toy_loader(n=28, bs=4)  # 7 steps
+    unread: list[int] = []
+    state = train_one_epoch(model, batches, ctx, on_step=lambda s: unread.append(len(s.pending)) or False)
+    assert unread == [1, 2, 0, 1, 2, 0, 1] and state.pending == []  # read after steps 3 and 6, and at the end
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))  # the same initial weights
+    opt, total = torch.optim.SGD(ref.parameters(), lr=0.1), 0.0
+    for b in batches:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(ref((b.image.float() / 255 - 0.5) / 0.5), b.target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(b)  # what reading the loss after every step gave
+    assert state.loss_sum == total and state.seen == 28 and state.step == 7
+
+
+@pytest.mark.parametrize("every", [1, 5])
+def test_a_loss_that_is_not_finite_stops_the_epoch(every: int) -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 1))
+    ctx = _ctx(model)
+    ctx.loss_fn, ctx.runtime = _nan_at(2), Runtime(torch.device("cpu"), loss_every=every)
+    steps: list[int] = []
+    with pytest.raises(MedkitError, match="loss became nan at step 2") as err:
+        train_one_epoch(model, _toy_loader(), ctx, on_step=lambda s: steps.append(s.step) or False)
+    assert err.value.hint and "--lr" in err.value.hint
+    assert steps == ([1] if every == 1 else [1, 2, 3])  # read at once, or at the end of the (3-step) epoch
+
+
+def test_a_checkpoint_reads_the_pending_losses_first() -> None:
+    from medkit.engine.state import TrainState
+
+    st = TrainState()
+    st.progress.add(torch.tensor(0.5), 4)
+    assert st.progress.loss != st.progress.loss  # NaN: nothing read yet
+    assert st.to_checkpoint()["epoch_state"] == {
+        "step": 1,
+        "loss_sum": 2.0,
+        "seen": 4,
+        "seconds": 0.0,
+        "data_seconds": 0.0,
+    }
+    st.progress.add(torch.tensor(float("inf")), 4)
+    with pytest.raises(MedkitError, match="became inf at step 2"):
+        st.to_checkpoint()  # a diverged run is never saved
 
 
 def test_predict_returns_sigmoid_or_softmax_probabilities() -> None:

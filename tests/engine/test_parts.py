@@ -21,6 +21,7 @@ def test_runtime_decides_the_device_policy_once() -> None:
     rt = resolve_runtime("cpu", "off", None)
     assert rt.device == torch.device("cpu") and rt.amp_dtype is None
     assert not rt.channels_last and not rt.pin_memory and rt.workers == 0 and rt.grad_scaler() is None
+    assert not rt.cudnn_benchmark and rt.loss_every == 1  # on a CPU reading the loss costs nothing
     assert (
         resolve_runtime("cpu", "bf16", 3).amp_dtype == torch.bfloat16 and resolve_runtime("cpu", "off", 3).workers == 3
     )
@@ -30,6 +31,20 @@ def test_runtime_decides_the_device_policy_once() -> None:
     assert model.weight.is_contiguous(memory_format=torch.channels_last)
     with Runtime(torch.device("cpu"), amp_dtype=torch.bfloat16).autocast():
         assert torch.ones(2, 2).matmul(torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_precision_defaults_to_fp32_on_a_cpu_and_can_be_forced() -> None:
+    from medkit.device import amp_dtype
+    from medkit.errors import MedkitError
+
+    assert resolve_runtime("cpu").amp_dtype is None  # the default, auto: fp32 on a CPU
+    assert resolve_runtime("cpu", "on").amp_dtype == torch.bfloat16  # --amp
+    assert resolve_runtime("cpu", "bf16").amp_dtype == torch.bfloat16
+    assert amp_dtype(torch.device("mps"), "on") == torch.float16
+    with pytest.raises(MedkitError, match="fp16 autocast is not supported on the CPU"):
+        resolve_runtime("cpu", "fp16")
+    with pytest.raises(UsageError, match="unknown precision 'fp8'"):
+        amp_dtype(torch.device("cpu"), "fp8")
 
 
 def test_stages_plan_and_lookup() -> None:

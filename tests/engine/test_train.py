@@ -82,6 +82,22 @@ def test_dry_run_stops_after_one_batch(tmp_path: Path) -> None:
     assert len(pd.read_csv(tmp_path / "r" / "oof.csv")) == 8  # one validation batch
 
 
+def test_precision_flags_and_their_record(tmp_path: Path) -> None:
+    from medkit.cli._options import precision as _precision
+
+    # unset: by device; --amp: on everywhere (bf16 on a CPU); --no-amp: off; a named dtype is that dtype
+    assert [_precision(None, "auto"), _precision(True, "auto"), _precision(False, "auto")] == ["auto", "on", "off"]
+    assert [_precision(None, "bf16"), _precision(True, "fp16"), _precision(False, "bf16")] == ["bf16", "fp16", "off"]
+    npz = make_npz(tmp_path / "mini.npz")
+    for flags, want in (((), "None"), (("--amp",), "bfloat16"), (("--no-amp",), "None")):
+        out = tmp_path / f"r{len(flags)}{want}"
+        res = train_cli("binary", "--data", npz, *FAST, "--img-size", "28", "--dry-run", *flags, "--out", out)
+        assert res.exit_code == 0, res.stderr
+        runtime = json.loads((out / "run.json").read_text())["runtime"]
+        assert runtime["amp_dtype"] == want and runtime["feed"] == "device" and not runtime["cudnn_benchmark"]
+        assert "feed: device, " in res.stderr and runtime["feed_reason"] in res.stderr
+
+
 def test_multilabel_png_with_folds_and_weighted_loss(tmp_path: Path) -> None:
     n = 24
     table = png_table(tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n)
@@ -342,6 +358,10 @@ def test_ema_amp_and_profile_flags(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.stderr
     prof = json.loads(res.stdout)
     assert prof["steps"] == 2 and prof["step_ms"] > 0  # 4 steps minus the 2 warm-up steps the profiler skips
+    assert prof["feed"] == "device"  # a MedMNIST array on a CPU: held as a tensor on the device
+    res = train_cli("binary", "--data", npz, *FAST, "--img-size", "28", "--profile", "3", "--feed", "stream")
+    assert res.exit_code == 0, res.stderr
+    assert "profile: 1 steps, feed stream," in res.stdout
 
 
 # ---------------------------------------------------------------------------------------------------- resume
@@ -394,6 +414,45 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
         assert np.allclose(a["train_loss"], b["train_loss"]) and np.allclose(a["val_loss"], b["val_loss"])
 
 
+def test_every_feeder_resumes_to_the_weights_of_the_dataloader_run(tmp_path: Path) -> None:
+    """From a cache, each feeder that needs no DataLoader trains to exactly the weights of the DataLoader path, also
+    when the run is stopped mid-epoch and resumed (the batches, their order and the skipped ones are the same)."""
+    n = 40
+    table = png_table(tmp_path, {"a": [i % 2 for i in range(n)], "b": [(i // 3) % 2 for i in range(n)]}, n, folds=4)
+    common = [
+        "scan",
+        "--data",
+        tmp_path,
+        "--labels",
+        table,
+        "--fold",
+        "0",
+        "--cache",
+        tmp_path / "cache",
+        *FAST,
+        "--epochs",
+        "2",
+        "--mixup",
+        "0.4",
+        "--deterministic",
+        "--seed",
+        "7",
+    ]
+    res = train_cli(*common, "--feed", "workers", "--out", tmp_path / "full")
+    assert res.exit_code == 0, res.stderr
+    full = _final_weights(tmp_path / "full")
+    for feed, stop_at in (("device", 3), ("pinned", 6), ("stream", 3)):
+        cut = tmp_path / f"cut-{feed}"
+        res = train_cli(*common, "--feed", feed, "--out", cut, "--max-steps", str(stop_at))
+        assert res.exit_code == 0, res.stderr
+        assert f"feed: {feed}, as requested" in res.stderr
+        res = train_cli(*common, "--feed", feed, "--out", cut, "--resume")
+        assert res.exit_code == 0, res.stderr
+        resumed = _final_weights(cut)
+        assert all(torch.equal(full[k], resumed[k]) for k in full), feed
+        assert json.loads((cut / "run.json").read_text())["runtime"]["feed"] == feed
+
+
 def test_ckpt_every_writes_mid_epoch_checkpoints(tmp_path: Path) -> None:
     npz = make_npz(tmp_path / "mini.npz")
     res = train_cli(
@@ -442,6 +501,10 @@ def test_user_errors_exit_2_with_a_hint(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown task" in res.stderr
     res = train_cli("binary", "--data", npz, *FAST, "--resume", "--out", tmp_path / "none")
     assert res.exit_code == 2 and "checkpoint not found" in res.stderr
+    res = train_cli("binary", "--data", npz, *FAST, "--feed", "devise", "--out", tmp_path / "feed")
+    assert res.exit_code == 2 and "did you mean 'device'" in res.stderr and not (tmp_path / "feed").exists()
+    res = train_cli("binary", "--data", tmp_path / "png", "--labels", table, *FAST, "--feed", "pinned")
+    assert res.exit_code == 2 and "add --cache DIR" in res.stderr  # files without a cache: only the DataLoader
 
 
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -493,6 +556,23 @@ def test_patience_stops_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)
     assert summary["epochs"] == 2 and summary["stopped"] == "early" and summary["best_epoch"] == 1
+
+
+@pytest.mark.gpu
+def test_cuda_defaults_to_mixed_precision_and_the_device_feeder(tmp_path: Path) -> None:
+    npz = make_npz(tmp_path / "mini.npz")
+    args = ["binary", "--data", npz, "--model", "resnet18", "--img-size", "28", "--batch-size", "8", "--device", "cuda"]
+    res = train_cli(*args, "--epochs", "1", "--out", tmp_path / "auto")
+    assert res.exit_code == 0, res.stderr
+    runtime = json.loads((tmp_path / "auto" / "run.json").read_text())["runtime"]
+    assert runtime["amp"] == "auto" and runtime["amp_dtype"] == (
+        "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    )
+    assert runtime["feed"] == "device" and "free on the GPU" in runtime["feed_reason"] and runtime["cudnn_benchmark"]
+    res = train_cli(*args, "--epochs", "1", "--no-amp", "--feed", "pinned", "--out", tmp_path / "fp32")
+    assert res.exit_code == 0, res.stderr
+    runtime = json.loads((tmp_path / "fp32" / "run.json").read_text())["runtime"]
+    assert runtime["amp_dtype"] == "None" and runtime["feed"] == "pinned"
 
 
 @pytest.mark.gpu

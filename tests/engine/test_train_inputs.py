@@ -61,9 +61,34 @@ def test_the_loaders_are_built_once_per_run(tmp_path: Path, monkeypatch: pytest.
 
     monkeypatch.setattr(feed, "make_loader", counting)
     task = TASKS.create("binary", model="cnn_small", img_size=28, epochs=3, batch_size=8, augment={"hflip": 0.5})
-    res = fit(TrainConfig(task=task, data=str(_npz(tmp_path / "t.npz")), out=str(tmp_path / "run"), workers=0))
-    assert res.epochs_done == 3 and len(res.history) == 3
+    data = str(_npz(tmp_path / "t.npz"))
+    res = fit(TrainConfig(task=task, data=data, out=str(tmp_path / "run"), workers=0, feed="workers"))
+    assert res.epochs_done == 3 and len(res.history) == 3 and res.feed == "workers"
     assert built == [24, 8, 8]  # train and validation once for three epochs, then the test split
+
+
+def test_held_rows_are_loaded_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training, validation and test feeders share one copy of the images (no DataLoader at all)."""
+    import medkit.engine.feed as feed
+    import medkit.engine.feeders as feeders
+    from medkit.engine.fit import TrainConfig, fit
+    from medkit.registries import TASKS
+
+    loads: list[int] = []
+    real_load = feeders._load
+
+    def counting(source, stored, runtime, on_device):  # noqa: ANN001, ANN202
+        loads.append(len(stored))
+        return real_load(source, stored, runtime, on_device)
+
+    monkeypatch.setattr(feeders, "_load", counting)
+    monkeypatch.setattr(feed, "make_loader", lambda *a, **k: pytest.fail("no DataLoader with --feed pinned"))
+    task = TASKS.create("binary", model="cnn_small", img_size=28, epochs=2, batch_size=8)
+    res = fit(TrainConfig(task=task, data=str(_npz(tmp_path / "t.npz")), out=str(tmp_path / "run"), feed="pinned"))
+    assert res.epochs_done == 2 and res.feed == "pinned" and res.test["n"] == 8
+    assert loads == [40]  # train 24 + val 8 + test 8 rows, held once before the first feeder was made
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["runtime"]["feed"] == "pinned" and "as requested" in record["runtime"]["feed_reason"]
 
 
 # ---------------------------------------------------------------------------------------------------- image + mask
