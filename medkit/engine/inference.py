@@ -56,8 +56,8 @@ class PredictOptions:
         batch_size: Images per batch (None: the first run's training batch size).
         workers: DataLoader workers (None: the runtime's default for the device).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
-        amp: Precision as `medkit.engine.runtime.resolve_runtime` takes it (``auto``: bf16 / fp16 on a GPU, fp32 on the CPU;
-            ``on`` forces it, ``off``, ``bf16``, ``fp16``).
+        amp: Precision as `medkit.engine.runtime.resolve_runtime` takes it (``auto``: bf16 / fp16 on a GPU, fp32
+            on the CPU; ``on`` forces it; ``off``, ``bf16``, ``fp16``).
         cache_dir: Preprocess the files once into a `medkit.data.cache.UInt8Cache` under this folder.
         feed: How batches reach the model (`medkit.engine.feeders.FEEDS`; ``auto``: chosen by size, as in training).
     """
