@@ -59,15 +59,25 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, Any] | None = Non
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     """Write a checkpoint dict atomically: a temp file in the same folder, fsync, then rename over ``path``.
 
-    An interrupted save (Ctrl-C, a killed job) leaves the previous checkpoint intact.
+    An interrupted save (Ctrl-C, a killed job) leaves the previous checkpoint intact, and so does a failed one: a
+    full disk or a folder that cannot be written (``OSError``, or torch's ``RuntimeError`` from its zip writer)
+    raises `DataError` naming the folder, with the temp file removed.
     """
     import torch
 
     from medkit._io import atomic_write
 
     path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        torch.save(state, fh)
+    try:
+        with atomic_write(path, "wb") as fh:
+            torch.save(state, fh)
+    except (OSError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and "inline_container" not in str(e) and "write" not in str(e).lower():
+            raise
+        raise DataError(
+            f"cannot write checkpoint {path}: {e}",
+            hint=f"free space in (or fix the permissions of) {path.parent}; the previous checkpoint is kept",
+        ) from e
     return path
 
 

@@ -255,6 +255,7 @@ def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
         state = load_checkpoint(run.last)
         if state.get("finished"):
             raise UsageError(f"{run.root} already finished training", hint="use another --out, or drop --resume")
+        _check_resume_config(cfg, state.get("config") or {}, run)
         return state
     if run.last.exists():
         raise UsageError(
@@ -262,6 +263,48 @@ def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
             hint="pass --resume to continue it, or choose another --out",
         )
     return None
+
+
+# Settings that change what a checkpoint's weights mean; every other flag (epochs, workers, feed, logging,
+# patience, ckpt-every, device, ...) may change on --resume.
+_RESUME_FIXED = ("label_cols", "image_col", "mask_col")
+_RESUME_FIXED_TASK = (
+    "target",
+    "labels",
+    "num_classes",
+    "in_chans",
+    "windows",
+    "img_size",
+    "model",
+    "model_kwargs",
+    "heads",
+    "label_groups",
+    "batch_size",
+    "mean",
+    "std",
+)
+
+
+def _check_resume_config(cfg: TrainConfig, old: dict[str, Any], run: RunDir) -> None:
+    """Refuse a ``--resume`` whose flags change what the checkpoint's weights mean, naming each key (old -> new)."""
+    import json
+
+    def plain(value: Any) -> Any:  # tuples and lists alike, as run.json holds them
+        return json.loads(json.dumps(value, default=str))
+
+    now = cfg.to_dict()
+    sides = [("", old, now, _RESUME_FIXED), ("task.", old.get("task") or {}, now["task"], _RESUME_FIXED_TASK)]
+    diffs = [
+        f"{prefix}{k}: {plain(before[k])!r} -> {plain(after[k])!r}"
+        for prefix, before, after, keys in sides
+        for k in keys
+        if k in before and k in after and plain(before[k]) != plain(after[k])
+    ]
+    if diffs:
+        raise UsageError(
+            f"--resume with flags that change the run in {run.root}: " + "; ".join(diffs),
+            hint=f"resume with the flags of {run.root / 'run.json'}, or start a new run with another --out",
+        )
 
 
 def _setup(cfg: TrainConfig, run: RunDir, rt: Any, data: Any, resume: dict[str, Any] | None) -> Trainer:

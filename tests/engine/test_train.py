@@ -475,6 +475,65 @@ def test_ckpt_every_writes_mid_epoch_checkpoints(tmp_path: Path) -> None:
     assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=False)["step"] == 3
 
 
+def test_resume_refuses_flags_that_change_the_run_and_allows_the_others(tmp_path: Path) -> None:
+    """Another --label-cols, --batch-size, --img-size or --model on --resume exits 2 naming old -> new; --epochs may
+    change."""
+    table = png_table(tmp_path, {"a": [i % 2 for i in range(16)], "b": [(i // 3) % 2 for i in range(16)]}, 16)
+    base = [
+        "multilabel",
+        "--data",
+        tmp_path,
+        "--labels",
+        table,
+        *FAST,
+        "--epochs",
+        "1",
+        "--out",
+        tmp_path / "r",
+    ]
+    assert train_cli(*base, "--label-cols", "a,b", "--max-steps", "1").exit_code == 0
+    cases = [
+        (["--label-cols", "a"], "label_cols: ['a', 'b'] -> ['a']"),
+        (["--label-cols", "a,b", "--batch-size", "4"], "task.batch_size: 8 -> 4"),
+        (["--label-cols", "a,b", "--img-size", "40"], "task.img_size: 32 -> 40"),
+        (["--label-cols", "a,b", "--model", "resnet18"], "task.model: 'cnn_small' -> 'resnet18'"),
+    ]
+    for extra, named in cases:
+        res = train_cli(*base, *extra, "--resume")
+        assert res.exit_code == 2 and named in res.stderr, (extra, res.stderr)
+    res = train_cli(*base, "--label-cols", "a,b", "--resume", "--epochs", "2", "--workers", "0")
+    assert res.exit_code == 0, res.stderr
+    assert torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=False)["epoch"] == 2
+
+
+def test_full_disk_during_a_checkpoint_keeps_the_previous_last_pt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC, or torch's zip-writer RuntimeError, while saving: exit 2 naming the file, old last.pt intact, no .tmp."""
+    import errno
+
+    npz = make_npz(tmp_path / "mini.npz")
+    args = ["binary", "--data", npz, *FAST, "--img-size", "28", "--epochs", "1", "--out", tmp_path / "r"]
+    assert train_cli(*args, "--max-steps", "1").exit_code == 0
+    last = tmp_path / "r" / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    failures = [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file"),
+    ]
+    for failure in failures:
+
+        def full_disk(obj: object, fh: object, *a: object, failure: Exception = failure, **kw: object) -> None:
+            fh.write(b"partial")  # type: ignore[attr-defined]
+            raise failure
+
+        monkeypatch.setattr(torch, "save", full_disk)
+        res = train_cli(*args, "--resume")
+        assert res.exit_code == 2 and "cannot write checkpoint" in res.stderr and "internal error" not in res.stderr
+        assert last.read_bytes() == before
+        assert not list(last.parent.glob(".*.tmp"))
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 def test_existing_run_needs_resume_and_finished_run_refuses_resume(tmp_path: Path) -> None:
     npz = make_npz(tmp_path / "mini.npz")
