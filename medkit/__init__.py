@@ -1,5 +1,5 @@
 """medkit: medical image classification from raw files to a scored submission."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -29,6 +29,7 @@ __all__ = [
     "warn",
     "error",
     "print_json",
+    "print_table",
     "progress",
     "Progress",
 ]
@@ -39,6 +40,13 @@ console = Console(stderr=True, highlight=False)
 out = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 _state: dict[str, Any] = {"quiet": False, "verbose": 0}
+
+PIPED_TABLE_WIDTH = 100
+
+
+def print_table(table: Any) -> None:
+    """Print a rich table on stdout: the terminal's width, or 100 columns when piped (fits a pager or a file)."""
+    out.print(table, width=None if out.is_terminal else PIPED_TABLE_WIDTH)
 
 
 def set_verbosity(quiet: bool = False, verbose: int = 0) -> None:

@@ -10,6 +10,9 @@ Factory signatures (the contract a plugin follows; see docs/plugins.md):
 - ``tasks``: ``f(**overrides) -> medkit.tasks.Task``
 - ``competitions``: ``f() -> medkit.competitions.Competition``
 - ``readers``: ``f(path: pathlib.Path, **kw) -> numpy.ndarray``; flags ``suffixes`` and ``magic``
+- ``seq_readers``, ``loss_terms``: parts of the sequence model (`medkit train ct --seq-model`, ``--aux-loss``)
+- ``loggers``: ``f(run_dir, *, config) -> medkit.engine.loggers.Logger`` (`medkit train --logger`)
+- ``pretrainers``: ``f(job) -> pathlib.Path`` (`medkit train --pretrain`)
 
 This module imports neither torch nor typer: entries are registered when a registry is first looked up.
 """
@@ -27,6 +30,10 @@ __all__ = [
     "TASKS",
     "COMPETITIONS",
     "READERS",
+    "LOGGERS",
+    "SEQ_READERS",
+    "LOSS_TERMS",
+    "PRETRAINERS",
     "ALL",
     "by_kind",
 ]
@@ -75,8 +82,55 @@ READERS: Registry = Registry(
     signature="f(path: pathlib.Path, **kw) -> numpy.ndarray; flags suffixes, magic",
 )
 
+# Parts of the sequence model (`medkit train ct --seq-model`), reached through MODELS as ``seq/<reader>`` and
+# through ``--aux-loss NAME=W``; plugins add entries through the groups medkit.seq_readers / medkit.loss_terms.
+SEQ_READERS: Registry = Registry(
+    "seq_readers",
+    "sequence reader",
+    builtins=["medkit.models.sequence"],
+    signature="f(*, input_size: int, hidden_size: int = 256, num_layers: int = 1, dropout: float = 0.0, **kw) "
+    "-> torch.nn.Module; forward(x, valid) -> (hidden, context)",
+)
+LOSS_TERMS: Registry = Registry(
+    "loss_terms",
+    "loss term",
+    builtins=["medkit.losses.multitask"],
+    signature="f(*, num_labels: int, embed_dim: int, hidden_size: int, context_size: int, **kw) -> torch.nn.Module; "
+    "forward(out: SeqOutput, target, valid) -> scalar tensor",
+)
+
+# Experiment loggers of `medkit train --logger` (medkit.engine.loggers); plugins use the group medkit.loggers.
+LOGGERS: Registry = Registry(
+    "loggers",
+    "logger",
+    builtins=["medkit.engine.loggers"],
+    signature="f(run_dir: pathlib.Path, *, config: dict) -> medkit.engine.loggers.Logger",
+)
+
+# Pretraining stages run before the classifier (`medkit train --pretrain NAME`); plugins use medkit.pretrainers.
+PRETRAINERS: Registry = Registry(
+    "pretrainers",
+    "pretraining method",
+    builtins=["medkit.engine.siamese"],
+    signature="f(job: medkit.engine.pretrain.PretrainJob) -> pathlib.Path (a state dict with backbone.* keys)",
+)
+
 ALL: dict[str, Registry] = {
-    r.kind: r for r in (MODELS, LOSSES, OPTIMIZERS, SCHEDULERS, METRICS, TASKS, COMPETITIONS, READERS)
+    r.kind: r
+    for r in (
+        MODELS,
+        LOSSES,
+        OPTIMIZERS,
+        SCHEDULERS,
+        METRICS,
+        TASKS,
+        COMPETITIONS,
+        READERS,
+        SEQ_READERS,
+        LOSS_TERMS,
+        LOGGERS,
+        PRETRAINERS,
+    )
 }
 
 

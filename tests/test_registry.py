@@ -183,8 +183,25 @@ def test_plugins_can_be_disabled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_project_registries_have_the_documented_kinds() -> None:
     from medkit.registries import ALL, by_kind
 
-    assert list(ALL) == ["models", "losses", "optimizers", "schedulers", "metrics", "tasks", "competitions", "readers"]
+    assert list(ALL) == [
+        "models",
+        "losses",
+        "optimizers",
+        "schedulers",
+        "metrics",
+        "tasks",
+        "competitions",
+        "readers",
+        "seq_readers",
+        "loss_terms",
+        "loggers",
+        "pretrainers",
+    ]
     assert by_kind("loss") is ALL["losses"]
+    assert by_kind("loss term") is ALL["loss_terms"]
+    # Every registry has built-in entries (an empty one would mean its builtins module was not found).
+    for kind, reg in ALL.items():
+        assert len(reg.names()) > 0, kind
     with pytest.raises(UnknownNameError, match="did you mean 'losses'"):
         by_kind("losess")
 

@@ -15,12 +15,14 @@ from typing import Any
 import cv2
 import numpy as np
 
+from medkit.audit.align import align_thumb
 from medkit.audit.phash import phash64_small, resize32
 from medkit.errors import MedkitError
 
 # Imported here, in the parent, before the pool forks: the workers inherit OpenCV and the readers instead of each
 # importing them again (about 50 ms of CPU per worker).
 from medkit.io import readers
+from medkit.io._checks import quiet_native_stderr
 
 __all__ = [
     "summarize_file",
@@ -34,33 +36,78 @@ __all__ = [
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _LEVEL_BINS = 4096  # float and wide-integer images are binned this finely for percentiles and the mode
+_STATS_BLOCK = 1 << 22  # float pixels binned at a time (bounds the temporaries of a large image)
 _EXACT_F32 = 1 << 24  # pixel counts up to this are exact in float32 (cv2.calcHist's output type)
 _CV2_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif")  # what medkit's png and jpeg readers take
 
 
-def _gray(arr: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """A 2-D (or frame-stack) grey view, the stored channel count and the effective one (1 for grey content)."""
+#: Grey stored as colour with a little noise (a few grey levels off between channels, from a lossy or colour-managed
+#: export) is still grey: the channels may differ by at most this much anywhere, and this much on average (both on
+#: a 0..255 scale). Real colour (stains, overlays, photographs) differs by tens of levels.
+GREY_MAX_DIFF = 12.0
+GREY_MEAN_DIFF = 1.0
+
+
+def _channel_diff(arr: np.ndarray) -> tuple[float, float]:
+    """Largest and mean absolute difference of channels 1 and 2 from channel 0, on a 0..255 scale.
+
+    One channel-sized temporary at a time (cv2.absdiff keeps the dtype), so a large image costs no float copy.
+    """
+    scale = 255.0 / 65535.0 if arr.dtype == np.uint16 else 1.0
+    dmax, dmean = 0.0, 0.0
+    base = np.ascontiguousarray(arr[..., 0]) if arr.dtype in (np.uint8, np.uint16) else None
+    for c in (1, 2):
+        if base is not None:
+            d = cv2.absdiff(base, np.ascontiguousarray(arr[..., c]))
+            dmax = max(dmax, float(d.max()))
+            dmean = max(dmean, float(cv2.mean(d)[0]))
+        else:
+            d = np.abs(arr[..., 0].astype(np.float64) - arr[..., c])
+            dmax, dmean = max(dmax, float(np.nanmax(d))), max(dmean, float(np.nanmean(d)))
+        del d
+    if base is None and arr.dtype.kind == "f" and np.nanmax(np.abs(arr[..., :3])) <= 1.0:
+        scale = 255.0
+    return dmax * scale, dmean * scale
+
+
+def _to_grey(arr: np.ndarray) -> np.ndarray:
+    """Luma of an RGB(A) image in its own dtype for 8/16-bit and float32 data (no float copy), else float32."""
+    if arr.dtype in (np.uint8, np.uint16, np.float32):
+        code = cv2.COLOR_RGB2GRAY if arr.shape[-1] == 3 else cv2.COLOR_RGBA2GRAY
+        return cv2.cvtColor(np.ascontiguousarray(arr), code)
+    return (0.299 * arr[..., 0].astype(np.float32) + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]).astype(np.float32)
+
+
+def _gray(arr: np.ndarray) -> tuple[np.ndarray, int, int, bool, tuple[float, float] | None]:
+    """A 2-D (or frame-stack) grey view, the stored and effective channel counts (1 for grey content), whether
+    the colour channels are exactly equal, and their measured difference (None for one stored channel).
+    """
     channels_last = arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4) or arr.ndim == 4
     if not channels_last:
-        return arr, 1, 1
+        return arr, 1, 1, True, None
     c = arr.shape[-1]
     if c == 1:
-        return arr[..., 0], 1, 1
+        return arr[..., 0], 1, 1, True, None
     base = arr[..., 0]
     colour = 0 if c < 3 else 3
-    if c >= 3 and np.array_equal(base, arr[..., 1]) and np.array_equal(base, arr[..., 2]):
-        colour = 0
+    exact = c < 3
+    diff: tuple[float, float] | None = None
+    if c >= 3:
+        exact = np.array_equal(base, arr[..., 1]) and np.array_equal(base, arr[..., 2])
+        diff = (0.0, 0.0) if exact else _channel_diff(arr)
+        if diff[0] <= GREY_MAX_DIFF and diff[1] <= GREY_MEAN_DIFF:
+            colour = 0
     alpha = 0
     if c in (2, 4):
         a = arr[..., -1]
         full = np.iinfo(a.dtype).max if np.issubdtype(a.dtype, np.integer) else 1.0
         alpha = 0 if np.all(a == full) else 1
     eff = (colour or 1) + alpha
-    if colour:
-        gray = (0.299 * arr[..., 0].astype(np.float32) + 0.587 * arr[..., 1] + 0.114 * arr[..., 2]).astype(np.float32)
+    if exact or arr.ndim == 4:
+        gray = base if exact else (0.299 * base.astype(np.float32) + 0.587 * arr[..., 1] + 0.114 * arr[..., 2])
     else:
-        gray = base
-    return gray, c, eff
+        gray = _to_grey(arr)
+    return gray, c, eff, exact, diff
 
 
 def _digest(arr: np.ndarray, gray_content: bool) -> str:
@@ -86,9 +133,11 @@ def _digest(arr: np.ndarray, gray_content: bool) -> str:
 
 def _histogram(x: np.ndarray) -> np.ndarray:
     """Pixel count per level of a flat uint8 or uint16 array, as int64."""
-    if x.dtype == np.uint8 and x.size < _EXACT_F32:
-        # calcHist counts 8-bit data about twice as fast as np.bincount, which first widens every pixel to intp;
-        # its float32 counts are exact below 2**24 pixels.
+    if x.size > _EXACT_F32:
+        # In blocks: np.bincount widens every pixel to intp (8 bytes) first, calcHist counts in float32.
+        return sum((_histogram(x[lo : lo + _EXACT_F32]) for lo in range(0, x.size, _EXACT_F32)), np.int64(0))
+    if x.dtype == np.uint8:
+        # calcHist counts 8-bit data about twice as fast as np.bincount; its float32 counts are exact below 2**24.
         return cv2.calcHist([x.reshape(1, -1)], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     return np.bincount(x, minlength=256 if x.dtype == np.uint8 else 65536)
 
@@ -126,8 +175,12 @@ def _level_stats(gray: np.ndarray) -> dict[str, float]:
     else:
         mn, mx = float(x.min()), float(x.max())
         step = (mx - mn) / (_LEVEL_BINS - 1) if mx > mn else 1.0
-        q = ((x.astype(np.float64) - mn) / step).astype(np.int64) if mx > mn else np.zeros(n, np.int64)
-        hist = np.bincount(q, minlength=_LEVEL_BINS)
+        hist = np.zeros(_LEVEL_BINS, dtype=np.int64)
+        # In blocks: a float64 and an int64 copy of a whole large image would be 16 bytes per pixel.
+        for lo in range(0, n, _STATS_BLOCK):
+            part = x[lo : lo + _STATS_BLOCK]
+            q = ((part.astype(np.float64) - mn) / step).astype(np.int64) if mx > mn else np.zeros(len(part), np.int64)
+            hist += np.bincount(q, minlength=_LEVEL_BINS)[:_LEVEL_BINS]
         levels = mn + np.arange(len(hist), dtype=np.float64) * step
         nz = np.flatnonzero(hist)
         vals = levels[nz]
@@ -257,7 +310,7 @@ def _stored_range(dcm: dict[str, Any], vmin: float, vmax: float) -> tuple[float,
 def summarize_array(arr: np.ndarray, dicom: dict[str, Any] | None = None) -> dict[str, Any]:
     """The summary of an image array (see `summarize_file`), without the file-level fields."""
     stack = arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (1, 2, 3, 4))
-    gray, channels, eff = _gray(arr)
+    gray, channels, eff, exact_grey, diff = _gray(arr)
     rec: dict[str, Any] = {
         "height": int(arr.shape[1] if stack else arr.shape[0]),
         "width": int(arr.shape[2] if stack else arr.shape[1]),
@@ -265,13 +318,15 @@ def summarize_array(arr: np.ndarray, dicom: dict[str, Any] | None = None) -> dic
         "channels": channels,
         "eff_channels": eff,
         "dtype": str(arr.dtype),
+        "chan_diff": diff,
     }
     rec.update(_level_stats(gray))
-    rec["digest"] = _digest(arr, eff == 1)
+    rec["digest"] = _digest(arr, exact_grey and eff == 1)
     mid = gray[gray.shape[0] // 2] if stack else gray
     small = resize32(mid)
     rec["phash"] = phash64_small(small)
     rec["thumb"] = _thumb16(small)
+    rec["align"] = align_thumb(mid)  # crops and shifts: medkit.audit.align
     rec["tissue_frac"] = None
     if dicom is not None:
         rec["dicom"] = dicom
@@ -298,19 +353,20 @@ def _read_cv2_fast(path: str) -> np.ndarray | None:
 
     The reader re-checks what the audit already knows (the file exists, is not empty, has a known suffix);
     skipping that saves about 5% of the per-file time on small images. Anything out of the ordinary (an undecodable
-    file, too many pixels) returns None, and the reader then raises its own error naming the file.
+    file, too many pixels or bytes) returns None, and the reader then raises its own error naming the file.
     """
     data = np.fromfile(path, dtype=np.uint8)
-    head = data[:24].tobytes()
-    if (
-        head[:8] == b"\x89PNG\r\n\x1a\n"
-        and int.from_bytes(head[16:20], "big") * int.from_bytes(head[20:24], "big") > readers.MAX_PIXELS
-    ):
-        return None  # refuse before decoding, as the reader does
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.shape[0] * img.shape[1] > readers.MAX_PIXELS:
+    header = readers.png_header(data[:32].tobytes())
+    if header is not None:
+        (h, w), channels, itemsize = header
+        if h * w > readers.MAX_PIXELS or h * w * channels * itemsize > readers.MAX_BYTES:
+            return None  # refuse before decoding, as the reader does
+    with quiet_native_stderr():
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    del data
+    if img is None or img.shape[0] * img.shape[1] > readers.MAX_PIXELS or img.nbytes > readers.MAX_BYTES:
         return None
-    return readers.rgb_order(img)
+    return readers.rgb_order(img, inplace=True)
 
 
 def summarize_file(path: str) -> dict[str, Any]:

@@ -85,7 +85,7 @@ def _confirmed_pairs(
 
 
 def duplicate_clusters(
-    records: Sequence[dict[str, Any]], threshold: int, min_corr: float = 0.99
+    records: Sequence[dict[str, Any]], threshold: int, min_corr: float = 0.99, align: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Near and exact duplicate clusters of the scanned files.
 
@@ -93,6 +93,8 @@ def duplicate_clusters(
         records: The scan's summaries.
         threshold: Largest pHash Hamming distance of a candidate pair.
         min_corr: Smallest thumbnail correlation of a near duplicate.
+        align: Crops and shifts (`medkit.audit.align`): smallest correlation after alignment of an image and one
+            of its nearest neighbours (None: `medkit.audit.align.DEFAULT_ALIGN`; 0: no alignment stage).
 
     Returns:
         ``(near, exact)``: a cluster label per file; unreadable files get clusters of their own. Exact duplicates
@@ -114,7 +116,34 @@ def duplicate_clusters(
     same = exact[order][1:] == exact[order][:-1]
     ei, ej = order[:-1][same], order[1:][same]
     near = clusters(n, np.r_[ok_arr[i] if len(i) else [], ei], np.r_[ok_arr[j] if len(j) else [], ej])
+    ai, aj = _aligned(records, ok, near, align)
+    if len(ai):
+        near = clusters(n, np.r_[np.arange(n), ok_arr[ai]], np.r_[near_roots(near), ok_arr[aj]])
     return near, exact
+
+
+def near_roots(near: np.ndarray) -> np.ndarray:
+    """Per file, the first file of its cluster (joining each file to it rebuilds the clusters)."""
+    first: dict[int, int] = {}
+    return np.array([first.setdefault(int(c), k) for k, c in enumerate(near.tolist())], dtype=np.int64)
+
+
+def _aligned(
+    records: Sequence[dict[str, Any]], ok: list[int], near: np.ndarray, align: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The second stage's pairs (indices into ``ok``): crops and shifts, not one series."""
+    from medkit.audit.align import DEFAULT_ALIGN, aligned_pairs
+
+    align = DEFAULT_ALIGN if align is None else align
+    if align <= 0 or len(ok) < 2:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    i, j, _ = aligned_pairs(records, ok, align, joined=near[np.asarray(ok)])
+    if not len(i):
+        return i, j
+    heads = [records[k].get("dicom") or {} for k in ok]
+    series = np.array([h.get("series") or f"#{k}" for k, h in zip(ok, heads, strict=True)], dtype=object)
+    keep = series[i] != series[j]
+    return i[keep], j[keep]
 
 
 def duplicate_findings(

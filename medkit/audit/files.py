@@ -138,7 +138,8 @@ def _add_archive_split(
     _ARCHIVES[(path, f"{split}_images")] = imgs
     width = 0
     if lab is not None:
-        lab = lab.reshape(len(lab), -1)
+        # reshape(0, -1) cannot infer the width of an empty split: take it from the trailing dimensions.
+        lab = lab.reshape(len(lab), int(np.prod(lab.shape[1:], dtype=np.int64)) if lab.ndim > 1 else 1)
         if len(lab) != len(imgs):
             lab = None  # the reader refuses such a file for training; here the images are still audited
         else:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medkit.audit.report import Finding, Thresholds
-from medkit.errors import UsageError
+from medkit.errors import DataError
 
 __all__ = ["TableAudit", "audit_table", "choose_image_column", "label_columns", "binary_like"]
 
@@ -34,6 +34,7 @@ class TableAudit:
         row_file: Per row, the scanned file it names (an audit name), or None.
         findings: Row, file and label findings.
         label_stats: Per label column: kind, counts, prevalence and pos_weight.
+        join_rules: Per row, the join rule that matched it to its file (`medkit.data.table.JOIN_RULES`), or None.
     """
 
     table: Any
@@ -45,6 +46,7 @@ class TableAudit:
     row_file: list[str | None]
     findings: list[Finding] = field(default_factory=list)
     label_stats: list[dict[str, Any]] = field(default_factory=list)
+    join_rules: list[str | None] = field(default_factory=list)
 
     def name(self, row: int) -> str:
         """How findings name a row: its file, else its id."""
@@ -98,27 +100,25 @@ def binary_like(values: Any) -> bool:
     return bool(v.isin([0, 1]).mean() >= 0.9) and len(set(v.unique()) - {0, 1}) <= 3
 
 
-def label_columns(df: Any, spec: Any, explicit: Sequence[str] | None) -> tuple[str, ...]:
+def label_columns(df: Any, spec: Any, explicit: Sequence[str] | None, source: Any = None) -> tuple[str, ...]:
     """Label columns: explicit ones, else the spec's plus text columns that are 0/1 apart from a few junk values.
 
     Args:
         df: The table.
         spec: Its detected column roles.
         explicit: Columns named by the user (None or empty: detect).
+        source: The table's file, named in errors.
 
     Returns:
         The label columns.
 
     Raises:
-        UsageError: When an explicit column is not in the table.
+        DataError: When an explicit column is not in the table (the closest column suggested).
     """
     if explicit:
-        missing = [c for c in explicit if c not in df.columns]
-        if missing:
-            raise UsageError(
-                f"label column(s) not in the table: {', '.join(missing)}",
-                hint=f"columns are: {', '.join(map(str, df.columns[:30]))}",
-            )
+        from medkit.data.table import require_columns
+
+        require_columns(df.columns, explicit, "label", source)
         return tuple(explicit)
     import pandas as pd
 
@@ -145,22 +145,46 @@ def _show(value: Any) -> str:
     return repr(value) if isinstance(value, str) else str(value)
 
 
-def _row_files(df: Any, root: Path, image_col: str) -> list[str | None]:
-    """Per row, the audit name of the file its image column names, or None."""
-    from medkit.data.table import resolve_paths
+def _join_rows(df: Any, image_col: str, files: Sequence[str]) -> Any:
+    """Join the table's image column to the audit names by the join rules of `medkit.data.table.FileIndex`.
 
-    resolved = resolve_paths(df, root, image_col, strict=False)
-    base = root.resolve()
-    return [None if p is None else Path(p).resolve().relative_to(base).as_posix() for p in resolved]
+    Each rule other than an exact relative path that was needed is said once on stderr
+    (``image id 7 -> 007.png (zero-padded stem)``).
+    """
+    from medkit.console import info
+    from medkit.data.table import FileIndex, join_ids
+
+    join = join_ids(df, image_col, FileIndex(files))
+    for line in join.notes(files):
+        info(line)
+    return join
 
 
-def _file_findings(ta: TableAudit, root: Path, files: Sequence[str]) -> list[Finding]:
-    """Rows naming no file, files named by no row, and images named by more than one row."""
+def _file_findings(
+    ta: TableAudit, root: Path, files: Sequence[str], ambiguous: dict[int, tuple[str, ...]]
+) -> list[Finding]:
+    """Rows naming no file or two, files named by no row, and images named by more than one row."""
+    from medkit._names import escape_name
+
     findings: list[Finding] = []
-    for rid, rf in zip(ta.ids, ta.row_file, strict=True):
-        if rf is None:
+    for k, (rid, rf) in enumerate(zip(ta.ids, ta.row_file, strict=True)):
+        if k in ambiguous:
+            hits = ambiguous[k]
             findings.append(
-                Finding("missing_file", (rid,), f"row '{rid}' of column '{ta.image_col}' matches no file under {root}")
+                Finding(
+                    "ambiguous_file",
+                    (rid, *hits[:2]),
+                    f"row '{rid}' of column '{ta.image_col}' (table row {k + 2}) matches {len(hits)} files by the "
+                    f"same rule: {escape_name(hits[0])} and {escape_name(hits[1])}; write the relative path",
+                )
+            )
+        elif rf is None:
+            findings.append(
+                Finding(
+                    "missing_file",
+                    (rid,),
+                    f"row '{rid}' of column '{ta.image_col}' (table row {k + 2}) matches no file under {root}",
+                )
             )
     listed = {rf for rf in ta.row_file if rf is not None}
     for f in files:
@@ -172,13 +196,19 @@ def _file_findings(ta: TableAudit, root: Path, files: Sequence[str]) -> list[Fin
     for key, rows in by_file.items():
         if len(rows) > 1:
             name = key[3:] if key.startswith("id:") else key
-            findings.append(
-                Finding(
-                    "duplicate_id",
-                    (name,),
-                    f"{len(rows)} rows (table rows {', '.join(str(r + 2) for r in rows[:10])}) name this image",
+            labels = {_label_key(ta.table, r, ta.label_cols) for r in rows}
+            where = f"{len(rows)} rows (table rows {', '.join(str(r + 2) for r in rows[:10])}) name this image"
+            if len(labels) > 1:
+                shown = " / ".join(",".join(_show(v) for v in lab) for lab in list(labels)[:3])
+                findings.append(
+                    Finding(
+                        "duplicate_id_conflict",
+                        (name,),
+                        f"{where} with different labels ({','.join(ta.label_cols)}: {shown})",
+                    )
                 )
-            )
+            else:
+                findings.append(Finding("duplicate_id", (name,), f"{where}, with the same labels"))
     return findings
 
 
@@ -265,12 +295,16 @@ def audit_table(
     label_cols: Sequence[str] | None = None,
     thresholds: Thresholds | None = None,
 ) -> TableAudit:
-    """Read the label table, match its rows to the scanned files and check its rows and label columns.
+    """Read the label table, match its rows to the listed files and check its rows and label columns.
+
+    Needs the file names only (no pixels), so `run_audit` calls it before the scan: a mistyped column fails at
+    once. Rows are matched to files by the join rules of `medkit.data.table.FileIndex` (relative path, name, stem,
+    zero-padded stem, stem with another image suffix).
 
     Args:
         labels: The table (CSV/TSV/parquet), one row per image.
         root: The data folder (image paths in the table are relative to it).
-        files: The audit names of the scanned files.
+        files: The audit names of the listed files.
         image_col: Image path/id column (None: the id column whose values match the files best).
         group: Patient column (None: detected).
         split: Split column (None: detected).
@@ -281,26 +315,30 @@ def audit_table(
         The `TableAudit`.
 
     Raises:
-        DataError: When the table cannot be read.
-        UsageError: When a named column is not in the table.
+        DataError: When the table cannot be read or a named column is not in it.
     """
-    from medkit.data.table import detect_spec, load_table
+    from medkit.data.table import detect_spec, id_text, load_table
 
     th = thresholds or Thresholds()
     df = load_table(labels)
-    spec = detect_spec(df, image=image_col, group=group, split=split)
+    try:
+        spec = detect_spec(df, image=image_col, group=group, split=split)
+    except DataError as exc:
+        raise DataError(f"{labels}: {exc.message}", hint=exc.hint) from None
+    cols = label_columns(df, spec, label_cols, labels)
     col = image_col or choose_image_column(df, root, set(files), spec.image)
-    cols = label_columns(df, spec, label_cols)
+    join = _join_rows(df, col, files)
     ta = TableAudit(
         table=df,
         path=Path(labels),
         spec=spec,
         image_col=col,
         label_cols=cols,
-        ids=df[col].astype(str).tolist(),
-        row_file=_row_files(df, root, col),
+        ids=[id_text(v) or "" for v in df[col].tolist()],
+        row_file=[files[i] if i is not None else None for i in join.index],
+        join_rules=join.rules,
     )
-    ta.findings += _file_findings(ta, root, files)
+    ta.findings += _file_findings(ta, root, files, join.ambiguous)
     for c in cols:
         _check_label(ta, c, th)
     return ta

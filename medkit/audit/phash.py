@@ -39,8 +39,12 @@ def resize32(gray: np.ndarray) -> np.ndarray:
     g = np.asarray(gray)
     if g.ndim != 2:
         raise ValueError(f"phash64 needs a 2-D image, got shape {g.shape}")
+    integer = np.issubdtype(g.dtype, np.integer)
+    if g.dtype in (np.uint8, np.uint16, np.int16) and g.shape != (32, 32):
+        # Resized in its own dtype first: a float32 copy of a large image would be 4 bytes per pixel.
+        return cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
     g = g.astype(np.float32, copy=False)
-    if not np.issubdtype(np.asarray(gray).dtype, np.integer):
+    if not integer:
         g = np.nan_to_num(g, copy=True, nan=0.0, posinf=0.0, neginf=0.0)
     return cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA) if g.shape != (32, 32) else g
 

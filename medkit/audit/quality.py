@@ -13,7 +13,15 @@ import numpy as np
 
 from medkit.audit.report import Finding, Thresholds
 
-__all__ = ["PROJECTION_MODALITIES", "bits_for", "intensity_ranges", "intensity_findings", "geometry_findings"]
+__all__ = [
+    "PROJECTION_MODALITIES",
+    "DEPTH_OUTLIERS",
+    "bits_for",
+    "stored_depth_max",
+    "intensity_ranges",
+    "intensity_findings",
+    "geometry_findings",
+]
 
 #: DICOM modalities whose stored values have an absolute meaning (projection radiography): judged on BitsStored.
 PROJECTION_MODALITIES = {"CR", "DX", "MG", "RF", "XA", "IO", "PX", "RG", "DR", "OT", ""}
@@ -29,6 +37,23 @@ def bits_for(maximum: float) -> int:
         if maximum <= (1 << bits) - 1:
             return bits
     return 32
+
+
+#: Share of a group's images that may reach above the depth the rest use (burned-in markers, a few true 16-bit
+#: files among 12-bit exports) without raising the depth every image is judged on.
+DEPTH_OUTLIERS = 0.1
+
+
+def stored_depth_max(maxima: Sequence[float]) -> float:
+    """The maximum a group of wide-integer images really uses: the (1 - `DEPTH_OUTLIERS`) quantile of their maxima.
+
+    A 12-bit image in a 16-bit PNG is judged on 0..4095, as DICOM BitsStored is used for DICOM: the container says
+    16 bits, the data say 12. One image with a hot pixel at 65535 does not move a whole 12-bit set to 16 bits (that
+    image is judged on its own bulk, see `intensity_ranges`).
+    """
+    if not len(maxima):
+        return 0.0
+    return float(np.quantile(np.asarray(maxima, dtype=np.float64), 1.0 - DEPTH_OUTLIERS, method="lower"))
 
 
 def _stored_bits_range(d: dict[str, Any]) -> tuple[float, float]:
@@ -54,8 +79,9 @@ def _judged_range(r: dict[str, Any], dtype: str, gmin: float, gmax: float) -> tu
     if dtype in ("uint8", "bool"):
         return (0.0, 255.0 if dtype == "uint8" else 1.0), False
     if dtype.startswith("uint") and d is None:
-        # 10/12/14-bit data is stored in 16-bit containers; the whole group shows the real depth.
-        return (0.0, float((1 << bits_for(gmax)) - 1)), False
+        # 10/12/14-bit data is stored in 16-bit containers: judged on the depth the group's data use (gmax, a robust
+        # group maximum), or the image's own bulk (its 99th percentile) when that needs more bits.
+        return (0.0, float((1 << max(bits_for(gmax), bits_for(r["p99"]))) - 1)), False
     if dtype.startswith("float") and d is None and gmin >= 0 and gmax <= 1.0:
         return (0.0, 1.0), False
     return ((gmin, gmax) if gmax > gmin else (gmin, gmin + 1.0)), False
@@ -64,7 +90,8 @@ def _judged_range(r: dict[str, Any], dtype: str, gmin: float, gmax: float) -> tu
 def intensity_ranges(files: Sequence[str], records: Sequence[dict[str, Any]]) -> tuple[list[Range], set[int]]:
     """The intensity range each image is judged on (None: CT in HU), and the images judged on their own range.
 
-    The range is the dtype's (8 bit), the bit depth its format group uses (16-bit containers), BitsStored
+    The range is the dtype's (8 bit), the bit depth its format group's data use (16-bit containers: most images'
+    maximum, or the image's own 99th percentile when higher; `stored_depth_max`), BitsStored
     (radiograph DICOM), or the image's own for modalities whose intensities are relative (MR, US, ...).
 
     Args:
@@ -85,6 +112,8 @@ def intensity_ranges(files: Sequence[str], records: Sequence[dict[str, Any]]) ->
     for (_, dtype), idx in groups.items():
         gmin = min(records[k]["min"] for k in idx)
         gmax = max(records[k]["max"] for k in idx)
+        if dtype.startswith("uint") and dtype != "uint8":
+            gmax = stored_depth_max([records[k]["max"] for k in idx])
         for k in idx:
             out[k], own = _judged_range(records[k], dtype, gmin, gmax)
             if own:
@@ -192,16 +221,32 @@ def _channel_findings(files: Sequence[str], records: Sequence[dict[str, Any]], o
     common, n_common = eff.most_common(1)[0]
     for c, n in eff.items():
         if c != common:
-            members = tuple(files[k] for k in ok if records[k]["eff_channels"] == c)
+            idx = [k for k in ok if records[k]["eff_channels"] == c]
             findings.append(
                 Finding(
                     "mixed_channels",
-                    members,
+                    tuple(files[k] for k in idx),
                     f"{n} {_CHANNEL_NAMES.get(c, str(c))} images among {n_common} "
-                    f"{_CHANNEL_NAMES.get(common, str(common))} ones",
+                    f"{_CHANNEL_NAMES.get(common, str(common))} ones" + _diff_note(records, idx),
                 )
             )
     return findings
+
+
+def _diff_note(records: Sequence[dict[str, Any]], idx: list[int]) -> str:
+    """The measured difference between the colour channels of images stored as colour (on a 0..255 scale)."""
+    from medkit.audit._scan import GREY_MAX_DIFF, GREY_MEAN_DIFF
+
+    diffs = [records[k]["chan_diff"] for k in idx if records[k].get("chan_diff")]
+    if not diffs:
+        return ""
+    mx = [d[0] for d in diffs]
+    mean = [d[1] for d in diffs]
+    return (
+        f"; colour channels differ by up to {min(mx):.0f}..{max(mx):.0f} of 255 "
+        f"(mean {min(mean):.2f}..{max(mean):.2f}; grey with noise below {GREY_MAX_DIFF:.0f} / {GREY_MEAN_DIFF:.0f} "
+        "counts as grey)"
+    )
 
 
 def geometry_findings(files: Sequence[str], records: Sequence[dict[str, Any]], th: Thresholds) -> list[Finding]:

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medkit._names import escape_name, escape_text
 from medkit.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
@@ -26,7 +27,9 @@ __all__ = [
 #: Every finding kind: (severity, what it means). Severity: error (training on it gives wrong results),
 #: warning (look at it), info (worth knowing).
 KINDS: dict[str, tuple[str, str]] = {
+    "no_images": ("error", "the folder holds no image file (nothing was audited)"),
     "unreadable": ("error", "file cannot be read as an image (empty, truncated, no pixel data, no decoder)"),
+    "undecodable_name": ("warning", "a file name that is not valid UTF-8 (written escaped, e.g. caf\\xe9.png)"),
     "blank": ("warning", "constant or near-constant image on its real bit depth (CT: air or padding only)"),
     "dark": ("warning", "99th percentile below a third of the intensity range"),
     "low_information": ("info", "very low entropy or variance"),
@@ -35,8 +38,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "label_conflict": ("error", "members of one duplicate cluster carry different labels"),
     "leakage": ("error", "a patient or a duplicate cluster in more than one split or fold"),
     "missing_file": ("error", "a table row whose image file does not exist"),
+    "ambiguous_file": ("error", "a table row whose id matches two or more files by the same join rule"),
     "unlabeled_file": ("info", "an image file without a table row"),
-    "duplicate_id": ("error", "the same image listed in more than one row"),
+    "duplicate_id": ("error", "the same image listed in more than one row, with the same labels"),
+    "duplicate_id_conflict": ("error", "the same image listed in more than one row, with different labels"),
     "missing_label": ("warning", "a row with an empty or NaN label"),
     "non_binary_label": ("warning", "a value other than 0/1 in a binary label column"),
     "label_imbalance": ("info", "a label with very few positives (or negatives)"),
@@ -52,7 +57,16 @@ KINDS: dict[str, tuple[str, str]] = {
     "mixed_channels": ("warning", "colour and grey (or alpha) images mixed"),
 }
 #: The kinds that make `medkit audit` exit 1 unless ``--fail-on`` says otherwise.
-DEFAULT_FAIL_ON: tuple[str, ...] = ("unreadable", "label_conflict", "leakage")
+DEFAULT_FAIL_ON: tuple[str, ...] = (
+    "no_images",
+    "unreadable",
+    "label_conflict",
+    "leakage",
+    "missing_file",
+    "ambiguous_file",
+    "duplicate_id",
+    "duplicate_id_conflict",
+)
 
 
 @dataclass(frozen=True)
@@ -162,14 +176,15 @@ class AuditReport:
             max_findings: Most findings listed (None: all).
 
         Returns:
-            Counts, duplicate clusters, label statistics and the findings, as plain values.
+            Counts, duplicate clusters, label statistics and the findings, as plain values (file names that are
+            not valid UTF-8 escaped, `medkit._names.escape_name`).
         """
         n_ok = sum(1 for r in self.records if r.get("ok"))
         sizes = Counter(self.cluster.tolist()) if len(self.cluster) else Counter()
         exact = Counter(self.exact_cluster.tolist()) if len(self.exact_cluster) else Counter()
         findings = self.findings if max_findings is None else self.findings[:max_findings]
         return {
-            "root": str(self.root),
+            "root": escape_name(str(self.root)),
             "files": len(self.files),
             "readable": n_ok,
             "table": str(self.table_path) if self.table_path else None,
@@ -181,7 +196,10 @@ class AuditReport:
             "fail_on": list(fail_on),
             "failed": self.failed(fail_on),
             "labels": self.label_stats,
-            "findings": [asdict(f) | {"files": list(f.files)} for f in findings],
+            "findings": [
+                asdict(f) | {"files": [escape_name(x) for x in f.files], "detail": escape_text(f.detail)}
+                for f in findings
+            ],
         }
 
 

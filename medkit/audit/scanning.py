@@ -11,7 +11,7 @@ from typing import Any
 
 from medkit.audit.files import ScanItem, ScanPlan, release_archives
 from medkit.audit.report import Finding
-from medkit.parallel import pool_size
+from medkit.parallel import pool_size, process_pool
 
 __all__ = ["scan", "scan_plan", "unreadable_findings"]
 
@@ -74,7 +74,8 @@ def _scan_pool(
     # runs no other thread (a live progress bar is one: then the platform's default is kept).
     single = threading.active_count() == 1
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") and single else None
-    with cf.ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=init_worker) as pool:
+    # process_pool: workers die with this process and Ctrl-C stops them at once (medkit.parallel).
+    with process_pool(n_workers, ctx, init_worker) as pool:
         futures = {pool.submit(summarize_chunk, c): k for k, c in enumerate(chunks)}
         for fut in cf.as_completed(futures):
             k = futures[fut]

@@ -65,17 +65,34 @@ def audit(
             help="Finding kinds that make the exit code 1 (comma-separated, 'all' or 'none').",
             envvar="MEDKIT_AUDIT_FAIL_ON",
         ),
-    ] = "unreadable,label_conflict,leakage",  # medkit.audit.DEFAULT_FAIL_ON (a test keeps them equal)
+    ] = (
+        "no_images,unreadable,label_conflict,leakage,missing_file,ambiguous_file,duplicate_id,duplicate_id_conflict"
+    ),  # medkit.audit.DEFAULT_FAIL_ON (a test keeps them equal)
     near: Annotated[
         int, typer.Option("--near", help="Near-duplicate pHash Hamming threshold (of 64 bits).", min=0, max=16)
     ] = 6,
+    near_align: Annotated[
+        float,
+        typer.Option(
+            "--near-align",
+            help="Crops and shifts: smallest correlation of two images after alignment for a near duplicate "
+            "(0 turns the alignment stage off).",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = 0.8,  # medkit.audit.align.DEFAULT_ALIGN
     workers: WorkersOpt = None,
 ) -> None:
     """Find unreadable, blank and duplicate images, label conflicts, leakage and header problems."""
+    from medkit._io import check_writable_dir, refuse_overwrite_inputs
     from medkit.audit import Thresholds, parse_kinds, run_audit, write_outputs
+    from medkit.audit.outputs import planned_outputs
     from medkit.console import info, print_json
 
     kinds = parse_kinds(fail_on)
+    if out is not None:
+        refuse_overwrite_inputs(planned_outputs(out), [labels, data if data.is_file() else None])
+        check_writable_dir(out)  # before the scan, not after it
     bar = _ScanBar()
     try:
         report = run_audit(
@@ -89,6 +106,8 @@ def audit(
             thresholds=Thresholds(near=near),
             on_start=bar.start,
             on_progress=bar.advance,
+            exclude=out,
+            near_align=near_align,
         )
     finally:
         bar.close()
@@ -104,13 +123,15 @@ def audit(
 
 
 def _print_summary(report: AuditReport, kinds: tuple[str, ...]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
+    from medkit._names import escape_name, escape_text
     from medkit.audit import KINDS
     from medkit.console import out
 
     d = report.to_dict(kinds, max_findings=0)
-    table = Table(title=f"medkit audit: {d['files']} files under {report.root} ({d['readable']} readable)")
+    table = Table(title=f"medkit audit: {d['files']} files under {escape(d['root'])} ({d['readable']} readable)")
     table.add_column("kind", no_wrap=True)
     table.add_column("severity")
     table.add_column("count", justify="right")
@@ -120,17 +141,22 @@ def _print_summary(report: AuditReport, kinds: tuple[str, ...]) -> None:
         sev = KINDS[kind][0]
         mark = " (fail)" if kind in kinds else ""
         f = examples[kind]
-        example = f"{f.files[0]}: {f.detail}" if f.files else f.detail
-        table.add_row(kind, f"[{_SEVERITY_STYLE[sev]}]{sev}[/]{mark}", str(n), example[:160])
+        example = f"{escape_name(f.files[0])}: {f.detail}" if f.files else f.detail
+        table.add_row(kind, f"[{_SEVERITY_STYLE[sev]}]{sev}[/]{mark}", str(n), escape(escape_text(example[:160])))
     if not d["counts"]:
         table.add_row("-", "-", "0", "no findings")
     out.print(table)
     if report.label_stats:
         out.print(_label_table(report))
     status = "problems found" if d["failed"] else "no failing findings"
+    splits = (
+        f"splits from {d['split_source']}"
+        if d["split_source"]
+        else "no splits or folds (no split/fold column, no train/valid/test folders)"
+    )
     out.print(
-        f"{d['duplicate_clusters']} duplicate clusters ({d['exact_duplicate_clusters']} exact); "
-        f"split from {d['split_source'] or 'nothing'}; fail-on {','.join(kinds) or 'none'}: {status}"
+        f"{d['duplicate_clusters']} duplicate clusters ({d['exact_duplicate_clusters']} exact); {splits}; "
+        f"fail-on {','.join(kinds) or 'none'}: {status}"
     )
 
 

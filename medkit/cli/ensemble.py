@@ -12,7 +12,7 @@ from medkit.cli._options import JsonOpt, OutOpt, SeedOpt
 from medkit.console import out, print_json
 
 if TYPE_CHECKING:
-    from medkit.ensemble import CVScore, EnsembleReport
+    from medkit.ensemble import CVScore, EnsembleReport, ThresholdReport
 
 __all__ = ["ensemble"]
 
@@ -64,6 +64,8 @@ def _print_report(rep: EnsembleReport) -> None:
     if rep.cut_points is not None:
         cuts = ", ".join(f"{c:.3f}" for c in rep.cut_points)
         out.print(f"cut points of the expected grade: {cuts} (OOF {rep.metric} with them: {_fmt(rep.cut_oof)})")
+    if rep.thresholds is not None:
+        _print_thresholds(rep.thresholds, rep.oof_rows)
     for path in rep.outputs.values():
         out.print(f"wrote {escape(path)}")
 
@@ -78,6 +80,28 @@ def _print_label_weights(rep: EnsembleReport) -> None:
     for j, label in enumerate(rep.label_names):
         table.add_row(label, *(f"{m.weight[j]:.3f}" for m in rep.members if isinstance(m.weight, list)))
     out.print(table)
+
+
+def _print_thresholds(th: ThresholdReport, rows: int) -> None:
+    import math
+
+    from rich.markup import escape
+    from rich.table import Table
+
+    def cell(v: float) -> str:
+        return "n/a" if not math.isfinite(v) else f"{v:.4f}"
+
+    table = Table(title=f"thresholds per label for {th.criterion} on {rows} OOF rows")
+    table.add_column("label", no_wrap=True)
+    for col in ("threshold", "at 0.5", "at threshold (OOF, optimistic)", "cross-validated", "cv pooled"):
+        table.add_column(col, justify="right")
+    for t in th.labels:
+        cv = f"{cell(t.cv_mean)} ± {cell(t.cv_std)}" if t.cv_folds else ""
+        table.add_row(
+            escape(t.label), f"{t.threshold:.4f}", cell(t.at_default), cell(t.at_threshold), cv, cell(t.cv_pooled)
+        )
+    out.print(table)
+    out.print("cross-validated: thresholds (and weights) chosen on the other folds, scored on the held-out one")
 
 
 PredsArg = Annotated[
@@ -95,6 +119,14 @@ MetricOpt = Annotated[
 CompetitionOpt = Annotated[str | None, typer.Option("--competition", help="Competition whose metric is the default.")]
 SearchOpt = Annotated[str, typer.Option("--search", help="Weight search on the OOF: hill | nelder-mead.")]
 PerLabelOpt = Annotated[bool, typer.Option("--per-label", help="One weight vector per label column (multilabel).")]
+ThresholdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--thresholds",
+        help="Choose each label's threshold on the blended OOF for f1 | f2 | youden | accuracy (binary, multilabel); "
+        "writes <out>_labels.csv.",
+    ),
+]
 CvFoldsOpt = Annotated[
     int, typer.Option("--cv-folds", help="Folds of the CV estimate when the OOF has no 'fold' column.", min=2)
 ]
@@ -109,6 +141,7 @@ def ensemble(
     competition: CompetitionOpt = None,
     search: SearchOpt = "hill",
     per_label: PerLabelOpt = False,
+    thresholds: ThresholdsOpt = None,
     cv_folds: CvFoldsOpt = 5,
     seed: SeedOpt = 0,
     out_path: OutOpt = None,
@@ -119,6 +152,8 @@ def ensemble(
     With --oof (one per member, in PREDS order) every method but mean searches its weights on the OOF predictions.
     The table shows each member, the plain mean and the blend, also on held-out folds of the OOF rows.
     Writes --out (default blend.csv), its sidecar blend.json (weights, scores) and, with --oof, blend_oof.csv.
+    --thresholds CRITERION also chooses one threshold per label on the blended OOF and writes the 0/1 decisions
+    to blend_labels.csv (one member with its --oof works too).
     """
     from medkit.ensemble import EnsembleOptions
     from medkit.ensemble import ensemble as run_ensemble
@@ -133,6 +168,7 @@ def ensemble(
         cv_folds=cv_folds,
         seed=seed,
         out=out_path or Path("blend.csv"),
+        thresholds=thresholds,
     )
     report = run_ensemble(preds, oof or [], options)
     if json_out:

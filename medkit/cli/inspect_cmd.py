@@ -52,7 +52,9 @@ def inspect(
     from medkit.io.windows import parse_windows
 
     names = parse_windows(window) if window else None
-    rows = list(describe_files(progress(files, description="inspect", unit="file"), names))
+    # One file is read at once: a progress line would only repeat it.
+    shown = progress(files, description="inspect", unit="file") if len(files) > 1 else files
+    rows = list(describe_files(shown, names))
     failed = [r for r in rows if isinstance(r, Unreadable)]
     if json_out:
         print_json([r.to_dict() for r in rows])

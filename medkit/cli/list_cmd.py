@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from medkit.cli._options import JsonOpt
-from medkit.console import out, print_json
+from medkit.console import out, print_json, print_table
 
 __all__ = ["list_entries", "plugins"]
 
@@ -44,7 +44,7 @@ def list_entries(
         table.add_column("prefixes")
         for r in rows:
             table.add_row(r["kind"], str(r["count"]), " ".join(r["prefixes"]))
-        out.print(table)
+        print_table(table)
         return
     reg = by_kind(kind)
     entries = reg.entries(pattern)
@@ -56,19 +56,22 @@ def list_entries(
             ]
         )
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title=f"{reg.kind}" + (f" matching '{pattern}'" if pattern else ""))
     table.add_column("name", no_wrap=True)
-    table.add_column("description")
-    table.add_column("flags")
+    table.add_column("description", ratio=3, min_width=30)
+    table.add_column("flags", ratio=2)
     table.add_column("source")
     for e in entries:
-        table.add_row(e.name, e.description, _flags_text(dict(e.flags)), e.source)
-    out.print(table)
+        # Descriptions are plain text (``pip install 'medkit[mlflow]'`` must not be read as markup).
+        table.add_row(escape(e.name), escape(e.description), escape(_flags_text(dict(e.flags))), e.source)
+    print_table(table)
     if not pattern:
         for p in reg.prefixes:
-            out.print(f"[dim]{p.prefix}/<name>: {p.description} (medkit list {reg.kind} '{p.prefix}/*')[/dim]")
+            line = escape(f"{p.prefix}/<name>: {p.description} (medkit list {reg.kind} '{p.prefix}/*')")
+            out.print(f"[dim]{line}[/dim]")
 
 
 def plugins(json_out: JsonOpt = False) -> None:
@@ -97,4 +100,4 @@ def plugins(json_out: JsonOpt = False) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r["kind"], r["name"], r["target"], r["status"])
-    out.print(table)
+    print_table(table)

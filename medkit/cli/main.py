@@ -28,7 +28,8 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from medkit import __version__
-from medkit.cli import audit, ensemble, inspect_cmd, list_cmd, predict, split, submit, tile, train
+from medkit.cli import audit, ensemble, inspect_cmd, list_cmd, predict, refine, split, submit, tile, train
+from medkit.cli._help import apply_help_layout
 from medkit.cli._options import CliState
 from medkit.console import error, set_verbosity
 from medkit.device import DEVICE_HELP
@@ -67,6 +68,7 @@ class MedkitCommand(TyperCommand):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _name_env_vars(self.params, f"MEDKIT_{(self.name or '').upper().replace('-', '_')}")
+        apply_help_layout(self, self.name or "")
 
 
 class MedkitGroup(TyperGroup):
@@ -75,6 +77,15 @@ class MedkitGroup(TyperGroup):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _name_env_vars(self.params, "MEDKIT")
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _hoist_global_flags(self, args))
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        # Typer appends --install-completion / --show-completion after __init__: name (or drop) their variables here.
+        params = super().get_params(ctx)
+        _name_env_vars(params, "MEDKIT")
+        return params
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -100,6 +111,31 @@ class MedkitGroup(TyperGroup):
                 raise
             error(f"internal error: {type(exc).__name__}: {exc}", "rerun with MEDKIT_DEBUG=1 for the traceback")
             raise typer.Exit(2) from None
+
+
+_GLOBAL_FLAGS = {"-q", "--quiet", "-v", "--verbose", "-vv", "-vvv"}
+_GLOBAL_WITH_VALUE = {"--device", "--config"}
+
+
+def _hoist_global_flags(group: TyperGroup, args: list[str]) -> list[str]:
+    """Move -q / -v given after the subcommand (`medkit train ... -q`) in front of it, where they belong.
+
+    A flag the subcommand defines itself stays where it is; nothing after `--` moves.
+    """
+    i = 0
+    while i < len(args) and args[i] not in group.commands:
+        i += 2 if args[i] in _GLOBAL_WITH_VALUE else 1
+    if i >= len(args):
+        return args
+    command = group.commands[args[i]]
+    own = {opt for param in command.params for opt in getattr(param, "opts", [])}
+    head, tail = args[: i + 1], args[i + 1 :]
+    end = tail.index("--") if "--" in tail else len(tail)
+    moved = [a for a in tail[:end] if a in _GLOBAL_FLAGS and a not in own]
+    if not moved:
+        return args
+    kept = [a for a in tail[:end] if not (a in _GLOBAL_FLAGS and a not in own)] + tail[end:]
+    return head[:i] + moved + head[i:] + kept
 
 
 def _silence_stdout() -> None:
@@ -216,6 +252,7 @@ app.command("audit", cls=MedkitCommand)(audit.audit)
 app.command("split", cls=MedkitCommand)(split.split)
 app.command("tile", cls=MedkitCommand)(tile.tile)
 app.command("train", cls=MedkitCommand)(train.train)
+app.command("refine", cls=MedkitCommand)(refine.refine)
 app.command("predict", cls=MedkitCommand)(predict.predict)
 app.command("ensemble", cls=MedkitCommand)(ensemble.ensemble)
 app.command("submit", cls=MedkitCommand)(submit.submit)

@@ -97,8 +97,13 @@ def predict(
     column per output and, for ordinal and multiclass runs, `grade`; plus the JSON sidecar `medkit submit` reads.
     Default --out: RUN/predictions/<split, table or folder name>.csv of the first run.
     """
+    from medkit._io import check_writable_file, refuse_overwrite_inputs
+    from medkit.data.predictions import sidecar_path
     from medkit.engine.inference import PredictOptions, predict_runs
 
+    if out_path is not None:
+        check_writable_file(out_path)  # before the images are read, not after
+        refuse_overwrite_inputs([out_path, sidecar_path(out_path)], [labels])
     options = PredictOptions(
         data=data,
         labels=labels,

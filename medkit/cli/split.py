@@ -55,6 +55,8 @@ def _print_certificate(rep: SplitReport) -> None:
     group = rep.group_column or "none (each image is its own unit)"
     out.print(f"  groups shared between folds: {mark(cert.groups_shared)}   (group column: {group})")
     out.print(f"  duplicate clusters split:    {mark(cert.duplicate_clusters_split)}")
+    if cert.duplicates_unplaced:
+        out.print(f"  duplicates not in the table: {mark(cert.duplicates_unplaced)}   (see the warning above)")
     if cert.empty_folds:
         out.print(f"  empty folds:                 {mark(cert.empty_folds)}   (more folds than units)")
     out.print(f"  merged units: {cert.merged_units} (duplicate clusters spanning groups: {cert.conflicting_clusters})")
@@ -97,6 +99,14 @@ DuplicatesOpt = Annotated[
     Path | None,
     typer.Option("--duplicates", help="duplicates.csv from `medkit audit` (image, cluster): clusters stay whole."),
 ]
+PartialDuplicatesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--partial-duplicates",
+        help="The table holds only part of the audited images: duplicates of images not in it are ignored "
+        "(default: the split fails when a duplicate cluster names an image that matches no row).",
+    ),
+]
 RsnaLongOpt = Annotated[
     bool | None,
     typer.Option("--rsna-long/--no-rsna-long", help="Convert the RSNA long format first (default: detect)."),
@@ -122,6 +132,7 @@ def split(
     sep: SepOpt = "|",
     strata: StrataOpt = None,
     duplicates: DuplicatesOpt = None,
+    partial_duplicates: PartialDuplicatesOpt = False,
     image_col: ImageColOpt = None,
     rsna_long: RsnaLongOpt = None,
     passes: PassesOpt = 20,
@@ -135,8 +146,14 @@ def split(
     Columns balanced: --label-cols (default 'auto': the numeric label columns), --labels-from, --strata.
     Exit code 1, and nothing written, when the split is impossible as asked.
     """
+    from medkit._io import check_writable_file
     from medkit.split import SplitOptions, make_split
 
+    if out_path is not None:
+        # --out is a file or a folder (an existing one, or a name without a suffix): folder/folds.csv.
+        if out_path.is_dir() or (not out_path.exists() and not out_path.suffix):
+            out_path = out_path / ("split.csv" if holdout else "folds.csv")
+        check_writable_file(out_path)
     options = SplitOptions(
         n_folds=n_folds,
         holdout=holdout,
@@ -146,6 +163,7 @@ def split(
         sep=sep,
         strata=split_columns(strata) or (),
         duplicates=duplicates,
+        partial_duplicates=partial_duplicates,
         image_col=image_col,
         rsna_long=rsna_long,
         passes=passes,

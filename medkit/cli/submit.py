@@ -8,6 +8,7 @@ Exit codes: 0 written (and sent), 1 the submission is invalid (nothing sent) or 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -89,6 +90,13 @@ WheelsOpt = Annotated[
         rich_help_panel=_PANEL_KERNEL,
     ),
 ]  # fmt: skip
+TileArgsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tile-args", help="`medkit tile` options for the test slides (default: those the runs were trained on).",
+        rich_help_panel=_PANEL_KERNEL,
+    ),
+]  # fmt: skip
 BuildWheelOpt = Annotated[
     bool,
     typer.Option(
@@ -114,6 +122,7 @@ def submit(
     owner: OwnerOpt = None,
     wheels: WheelsOpt = None,
     build_wheel: BuildWheelOpt = False,
+    tile_args: TileArgsOpt = None,
     out_path: OutOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -135,7 +144,8 @@ def submit(
             _status(comp, limit, json_out)
         return
     if kernel:
-        _kernel(comp, preds, sample, clip, run or [], owner, wheels, build_wheel, dry_run, message, out_path, json_out)
+        bundle_opts = _BundleOptions(run or [], owner, wheels, build_wheel, tile_args)
+        _kernel(comp, preds, sample, clip, bundle_opts, dry_run, message, out_path, json_out)
         return
     if preds is None:
         raise UsageError("medkit submit needs the predictions to send", hint="medkit submit preds.csv -c COMPETITION")
@@ -161,8 +171,10 @@ def submit(
 
 
 def _prepare(comp: Competition, preds: Path, sample: Path | None, clip: float | None, dest: Path) -> Any:
+    from medkit._io import refuse_overwrite_inputs
     from medkit.submit import prepare_submission
 
+    refuse_overwrite_inputs([dest], [preds, sample])
     prepared = prepare_submission(preds, comp, dest, sample_path=sample, clip_eps=clip)
     _print_report(prepared.report)
     return prepared
@@ -274,41 +286,70 @@ def _runs_of(preds: Path | None) -> list[Path]:
     return found
 
 
+@dataclass(frozen=True)
+class _BundleOptions:
+    """What --kernel bundles: --run, --owner, --wheels, --build-wheel, --tile-args."""
+
+    runs: list[Path]
+    owner: str | None
+    wheels: Path | None
+    build_wheel: bool
+    tile_args: str | None
+
+
 def _kernel(
     comp: Competition,
     preds: Path | None,
     sample: Path | None,
     clip: float | None,
-    runs: list[Path],
-    owner: str | None,
-    wheels: Path | None,
-    build_wheel: bool,
+    opts: _BundleOptions,
     dry_run: bool,
     message: str | None,
     dest: Path | None,
     json_out: bool,
 ) -> None:
-    """Check the predictions (when given), build the notebook bundle, and push it unless --dry-run."""
-    from medkit.submit import CredentialsError, build_kernel_bundle, find_credentials, push_kernel_bundle
+    """Check the runs, the owner and the predictions (when given), build the notebook bundle, and push it unless
+    --dry-run. Nothing is left in the bundle folder when a check fails."""
+    import shlex
+
+    from medkit.submit import (
+        CredentialsError,
+        build_kernel_bundle,
+        check_kernel_runs,
+        find_credentials,
+        push_kernel_bundle,
+    )
 
     folder = dest or Path(f"medkit-{comp.name}-kernel")
-    prepared = _prepare(comp, preds, sample, clip, folder / "submission.csv") if preds is not None else None
-    if prepared is not None and not prepared.report.ok:
-        _print_written(prepared, json_out)
-        _print_outcome(prepared, None, True, json_out)
-        raise typer.Exit(1)
+    runs = opts.runs or _runs_of(preds)
+    tile_args = shlex.split(opts.tile_args) if opts.tile_args else None
+    check_kernel_runs(comp, runs, tile_args)  # before submission.csv is written
     creds = None
     try:
         creds = find_credentials()
     except CredentialsError:
         if not dry_run:
             raise
-    owner = owner or (creds.username if creds else None)
+    owner = opts.owner or (creds.username if creds else None)
     if not owner:
         raise UsageError("the notebook needs an owner", hint="pass --owner with your Kaggle user name")
-    bundle = build_kernel_bundle(
-        comp, runs or _runs_of(preds), folder, owner, wheels_from=wheels, build_wheel=build_wheel
-    )
+    local = folder / "submission.csv"
+    had_local = local.exists()
+    prepared = _prepare(comp, preds, sample, clip, local) if preds is not None else None
+    if prepared is not None and not prepared.report.ok:
+        _print_written(prepared, json_out)
+        _print_outcome(prepared, None, True, json_out)
+        raise typer.Exit(1)
+    try:
+        bundle = build_kernel_bundle(
+            comp, runs, folder, owner, wheels_from=opts.wheels, build_wheel=opts.build_wheel, tile_args=tile_args
+        )
+    except BaseException:
+        if prepared is not None and not had_local:
+            local.unlink(missing_ok=True)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     pushed = None
     if not dry_run and creds is not None:
         from medkit import __version__

@@ -124,7 +124,16 @@ def tile(
     column points at the mosaics (or at the tiles). Finished slides are skipped on a re-run; a slide that cannot
     be read is reported and skipped (exit code 1 at the end).
     """
-    from medkit.tile import TileOptions, check_options, find_slides, parse_mosaic, tile_slides, write_tiles_table
+    from medkit._lock import run_lock
+    from medkit.tile import (
+        TileOptions,
+        check_options,
+        find_slides,
+        parse_mosaic,
+        read_labels,
+        tile_slides,
+        write_tiles_table,
+    )
 
     if out_dir is None:
         raise UsageError("medkit tile needs an output folder", hint="add --out DIR")
@@ -144,7 +153,11 @@ def tile(
         force=force,
     )
     check_options(opts)
+    label_table = read_labels(labels) if labels is not None else None  # a bad table fails before any slide
     paths = find_slides(slides)
-    with Progress(total=len(paths), description="tile", unit="slide") as bar:
-        results = tile_slides(paths, opts, workers, on_progress=lambda _result: bar.update(1))
-    _report(results, write_tiles_table(results, out_dir, labels), out_dir, labels, n, as_json)
+    # One writer per OUT: the lock also proves OUT writable and clears temp files of a killed run.
+    with run_lock(out_dir, "medkit tile", clean=("", "index", "mosaics", "tiles", "masks"), recursive=True):
+        with Progress(total=len(paths), description="tile", unit="slide") as bar:
+            results = tile_slides(paths, opts, workers, on_progress=lambda _result: bar.update(1))
+        table = write_tiles_table(results, out_dir, label_table)
+    _report(results, table, out_dir, labels, n, as_json)

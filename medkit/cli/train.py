@@ -27,6 +27,19 @@ from medkit.cli._options import (
     precision,
     split_columns,
 )
+from medkit.cli._sequence import (
+    AuxLossOpt,
+    DiversityOpt,
+    FromRunOpt,
+    SeqArgOpt,
+    SeqEmbeddingsOpt,
+    SeqMaskOpt,
+    SeqModelOpt,
+    SeqRecipeOpt,
+    SeqStageOpt,
+    run_sequence,
+)
+from medkit.cli.refine import RefineEpochsOpt, RefineLrOpt, RefineSeqOpt, train_then_refine
 from medkit.errors import UsageError
 
 __all__ = ["train"]
@@ -77,7 +90,12 @@ ModelOpt = Annotated[
 ]
 HeadsOpt = Annotated[
     str | None,
-    typer.Option("--heads", help="single | groups (one head per label group).", rich_help_panel=_PANEL_MODEL),
+    typer.Option(
+        "--heads",
+        help="single | groups (one head per label group: the table's RANZCR groups) | 'NAME=COL,COL;NAME=COL' "
+        "(your own groups; their columns are the labels unless --label-cols is given).",
+        rich_help_panel=_PANEL_MODEL,
+    ),
 ]
 InChansOpt = Annotated[
     int | None,
@@ -86,6 +104,23 @@ InChansOpt = Annotated[
 WindowsOpt = Annotated[
     str | None,
     typer.Option("--windows", help="CT windows as channels, e.g. brain,subdural,bone.", rich_help_panel=_PANEL_MODEL),
+]
+ContextOpt = Annotated[
+    int,
+    typer.Option(
+        "--context",
+        help="Stack each slice with its neighbours in the series as channels: K slices per stack (odd; 1 = off; "
+        "the end slices of a series repeated). Needs series and slice-order columns, or DICOM headers.",
+        min=1,
+    ),
+]
+ContextModeOpt = Annotated[
+    str,
+    typer.Option(
+        "--context-mode",
+        help="all: every slice in every window (K x windows channels); middle: the centre slice in every window, "
+        "its neighbours in the first (windows + K - 1).",
+    ),
 ]
 PretrainedOpt = Annotated[
     bool,
@@ -140,6 +175,17 @@ Stage2LrOpt = Annotated[
     float | None,
     typer.Option("--stage2-lr", help="Learning rate of the second stage.", rich_help_panel=_PANEL_MODEL),
 ]
+PretrainOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--pretrain",
+        help="Pretrain the backbone first, into RUN/pretrain (PRETRAINERS: siamese = label-sharing image pairs).",
+        rich_help_panel=_PANEL_MODEL,
+    ),
+]
+PretrainEpochsOpt = Annotated[
+    int, typer.Option("--pretrain-epochs", help="Epochs of --pretrain.", min=0, rich_help_panel=_PANEL_MODEL)
+]
 EpochsOpt = Annotated[int | None, typer.Option("--epochs", help="Epochs.", min=1)]
 BatchSizeOpt = Annotated[int | None, typer.Option("--batch-size", "-b", help="Global batch size.", min=1)]
 ImgSizeOpt = Annotated[int | None, typer.Option("--img-size", help="Training image size (square).", min=8)]
@@ -148,7 +194,17 @@ CutmixOpt = Annotated[float, typer.Option("--cutmix", help="CutMix alpha (0 = of
 NoAugmentOpt = Annotated[bool, typer.Option("--no-augment", help="Switch off the task's augmentation.")]
 CompileOpt = Annotated[bool, typer.Option("--compile", help="torch.compile the model.")]
 EmaOpt = Annotated[bool, typer.Option("--ema", help="Keep an EMA of the weights; evaluate and save it.")]
-EmaDecayOpt = Annotated[float, typer.Option("--ema-decay", help="EMA decay per step.")]
+EmaDecayOpt = Annotated[
+    float | None, typer.Option("--ema-decay", help="EMA decay per step (default: the recipe's, else 0.999).")
+]
+RecipeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="Recommended settings over the task preset (flags still win): small-image (28-64 px, docs/quality.md).",
+        rich_help_panel=_PANEL_MODEL,
+    ),
+]
 GradClipOpt = Annotated[float, typer.Option("--grad-clip", help="Clip the gradient norm (0 = off).", min=0.0)]
 PatienceOpt = Annotated[
     int,
@@ -200,6 +256,26 @@ CacheWorkersOpt = Annotated[
         rich_help_panel=_PANEL_RUN,
     ),
 ]
+LoggerOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--logger",
+        metavar="NAME",
+        help="Also log to: tensorboard, mlflow (optional extras; repeatable or comma list). metrics.csv (csv) is "
+        "always written.",
+        rich_help_panel=_PANEL_RUN,
+    ),
+]
+KeepLastOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-last/--no-keep-last",
+        help="Keep checkpoints/last.pt (optimizer state, for --resume) once the run finished (default: keep; with "
+        "--fold all: drop).",
+        show_default=False,
+        rich_help_panel=_PANEL_RUN,
+    ),
+]
 GpusOpt = Annotated[
     int,
     typer.Option(
@@ -222,6 +298,8 @@ def train(
     heads: HeadsOpt = None,
     in_chans: InChansOpt = None,
     windows: WindowsOpt = None,
+    context: ContextOpt = 1,
+    context_mode: ContextModeOpt = "all",
     pretrained: PretrainedOpt = False,
     weights: WeightsOpt = None,
     loss: LossOpt = None,
@@ -236,6 +314,8 @@ def train(
     stage2_optimizer: Stage2OptimizerOpt = None,
     stage2_epochs: Stage2EpochsOpt = 0,
     stage2_lr: Stage2LrOpt = None,
+    pretrain: PretrainOpt = None,
+    pretrain_epochs: PretrainEpochsOpt = 0,
     epochs: EpochsOpt = None,
     batch_size: BatchSizeOpt = None,
     img_size: ImgSizeOpt = None,
@@ -246,7 +326,8 @@ def train(
     amp_dtype: AmpDtypeOpt = "auto",
     compile_: CompileOpt = False,
     ema: EmaOpt = False,
-    ema_decay: EmaDecayOpt = 0.999,
+    ema_decay: EmaDecayOpt = None,
+    recipe: RecipeOpt = None,
     grad_clip: GradClipOpt = 0.0,
     patience: PatienceOpt = 0,
     resume: ResumeOpt = False,
@@ -258,6 +339,8 @@ def train(
     cache: CacheOpt = None,
     cache_workers: CacheWorkersOpt = None,
     gpus: GpusOpt = 1,
+    logger: LoggerOpt = None,
+    keep_last: KeepLastOpt = None,
     out: OutOpt = None,
     seed: SeedOpt = 0,
     workers: TrainWorkersOpt = None,
@@ -265,6 +348,18 @@ def train(
     device: DeviceOpt = None,
     json_out: JsonOpt = False,
     competition: CompetitionOpt = None,
+    seq_model: SeqModelOpt = None,
+    seq_embeddings: SeqEmbeddingsOpt = False,
+    from_run: FromRunOpt = None,
+    aux_loss: AuxLossOpt = None,
+    seq_mask: SeqMaskOpt = 0.0,
+    diversity: DiversityOpt = 0.0,
+    seq_recipe: SeqRecipeOpt = None,
+    seq_stage: SeqStageOpt = None,
+    seq_arg: SeqArgOpt = None,
+    refine_seq: RefineSeqOpt = 0,
+    refine_lr: RefineLrOpt = 1e-6,
+    refine_epochs: RefineEpochsOpt = 2,
 ) -> None:
     """Train a model on a task preset (ct, cxr, wsi, scan, binary, multiclass, multilabel), resumable, DDP-ready."""
     from medkit.engine.ddp import dist_info
@@ -273,16 +368,16 @@ def train(
 
     if gpus > 1 and dist_info().world_size == 1:
         _relaunch(gpus)
-    preset = _preset(
+    preset, label_cols = _preset(
         task,
         data,
         img_size,
+        recipe,
         loss_kwargs=_kv(loss_arg, "--loss-arg") if loss_arg else None,
         augment={} if no_augment else None,
         model=model,
         heads=heads,
-        in_chans=in_chans,
-        windows=windows,
+        **_inputs(in_chans, windows, context, context_mode),
         loss=loss,
         metric=metric,
         optimizer=optimizer,
@@ -312,8 +407,7 @@ def train(
         device=device_spec(ctx, device),
         amp=precision(amp, amp_dtype),
         compile=compile_,
-        ema=ema,
-        ema_decay=ema_decay,
+        **_ema(recipe, ema, ema_decay),
         seed=seed,
         deterministic=deterministic,
         workers=workers,
@@ -326,6 +420,8 @@ def train(
         stage2_optimizer=stage2_optimizer,
         stage2_epochs=stage2_epochs,
         stage2_lr=stage2_lr,
+        pretrain=pretrain,
+        pretrain_epochs=pretrain_epochs,
         scheduler_kwargs=_kv(scheduler_arg, "--scheduler-arg"),
         optimizer_kwargs=_kv(optimizer_arg, "--optimizer-arg"),
         mixup=mixup,
@@ -335,8 +431,11 @@ def train(
         mask_col="auto" if mask_col is None else (None if mask_col.lower() == "none" else mask_col),
         resume=resume,
         profile=profile,
+        **_run_outputs(fold, keep_last, logger),
         argv=sys.argv[:],
     )
+    if seq_model or refine_seq:  # CT series: docs/sequence.md, docs/series.md; each reads its flags from ctx.params
+        return run_sequence(cfg, ctx.params) if seq_model else train_then_refine(cfg, ctx.params)
     if profile:
         summary = profile_steps(cfg, profile)
         if dist_info().is_main:
@@ -353,6 +452,32 @@ def train(
             _print_run(task, result, json_out)
 
 
+def _inputs(in_chans: int | None, windows: str | None, context: int, context_mode: str) -> dict[str, Any]:
+    """The task fields that decide what one model input is: ``--in-chans``, ``--windows`` (the channels of a slice)
+    and ``--context`` / ``--context-mode`` (2.5D stacks of slices, `medkit.data.context`); checked here, before any
+    data is read."""
+    from medkit.data.context import check_context
+
+    check_context(context, context_mode)
+    return {"in_chans": in_chans, "windows": windows, "context": context, "context_mode": context_mode}
+
+
+def _run_outputs(fold: str | None, keep_last: bool | None, logger: list[str] | None) -> dict[str, Any]:
+    """``keep_last`` (default: keep for one run, drop for every fold of ``--fold all``) and the checked loggers."""
+    from medkit.engine.loggers import resolve_loggers
+
+    return {"keep_last": fold != "all" if keep_last is None else keep_last, "loggers": resolve_loggers(logger)}
+
+
+def _ema(recipe: str | None, ema: bool, ema_decay: float | None) -> dict[str, Any]:
+    """``--ema`` / ``--ema-decay``, else the ``--recipe``'s EMA, else none (decay 0.999 when switched on)."""
+    from medkit.tasks import recipe as find_recipe
+
+    rec = find_recipe(recipe) if recipe else None
+    decay = ema_decay if ema_decay is not None else (rec.ema_decay if rec else 0.999)
+    return {"ema": ema or bool(rec and rec.ema), "ema_decay": decay}
+
+
 def _relaunch(gpus: int) -> None:
     """Re-run this command under torch.distributed.run with ``gpus`` processes, and exit with its code."""
     import subprocess
@@ -364,16 +489,23 @@ def _relaunch(gpus: int) -> None:
     raise typer.Exit(subprocess.call(relaunch_argv(gpus, sys.argv[1:])))
 
 
-def _preset(name: str, data: Path, img_size: int | None, **overrides: Any) -> Any:
-    """The task preset with the flags that were given; a MedMNIST archive keeps its own image size by default."""
+def _preset(name: str, data: Path, img_size: int | None, recipe: str | None, **overrides: Any) -> tuple[Any, Any]:
+    """The task preset, then the ``--recipe``'s fields, then the flags that were given; a MedMNIST archive keeps its
+    own image size by default. Also the label columns: ``--label-cols``, else those of ``--heads NAME=COL,..``."""
     from medkit.registries import TASKS
+    from medkit.tasks import recipe as find_recipe
 
-    preset = TASKS.create(name, img_size=img_size, **overrides)
+    fields = find_recipe(recipe).task if recipe else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    preset = TASKS.create(name, img_size=img_size, **{**fields, **given})
     if img_size is None and data.suffix.lower() == ".npz":
         from medkit.data.dataset import archive_task
 
         preset = archive_task(preset, data)
-    return preset
+    label_cols = overrides.get("labels")
+    if label_cols is None and "=" in str(overrides.get("heads") or ""):
+        label_cols = ",".join(preset.labels)  # named groups: their columns are the labels, and must exist
+    return preset, label_cols
 
 
 CompetitionOpt = Annotated[
@@ -463,16 +595,22 @@ def _print_run(task: str, result: Any, json_out: bool) -> None:
     table = Table(title=f"medkit train {task}")
     table.add_column("run")
     table.add_column(f"best {result.metric}", justify="right")
-    table.add_column("epoch", justify="right")
-    table.add_column("steps", justify="right")
+    table.add_column("best epoch", justify="right")
+    table.add_column("epochs", justify="right")
+    table.add_column("total steps", justify="right")
     tests = {k: v for k, v in result.test.items() if k != "n"}
+    binary = "acc_at_threshold" in tests  # accuracy at 0.5 and at the threshold chosen on validation
+    names = {"acc": "acc@0.5", "acc_at_threshold": "acc@thr", "threshold": "thr"} if binary else {}
     for k in tests:
-        table.add_column(f"test {k}", justify="right")
+        table.add_column(f"test {names.get(k, k)}", justify="right")
     table.add_row(
         str(result.run_dir),
         f"{result.best_metric:.4f}",
         str(result.best_epoch),
+        str(result.epochs_done),
         str(result.steps),
         *[f"{v:.4f}" for v in tests.values()],
     )
     out.print(table)
+    if (Path(result.run_dir) / "plots").is_dir():
+        out.print(f"pictures: {Path(result.run_dir) / 'plots'} and curve.png; results: run.json")

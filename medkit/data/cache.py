@@ -28,14 +28,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkit._io import write_json
+from medkit._io import remove_stale_temps, write_json
 from medkit.data.pipeline import Preprocess
 from medkit.errors import DataError
 
@@ -88,6 +88,7 @@ def _build_lock(directory: Path) -> Iterator[None]:
         return
     with open(directory.parent / f"{directory.name}.lock", "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        remove_stale_temps(directory)  # of a builder killed mid-write: no other builder runs while this lock is held
         try:
             yield
         finally:
@@ -466,30 +467,33 @@ def _pool_build(
     mark: Callable[[list[int]], None],
 ) -> tuple[str, str, str | None] | None:
     """Fill the chunks in a pool of worker processes; returns the first error (rows written before it are kept)."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context(), initializer=_init_worker)
+    from medkit.parallel import process_pool
+
     error: tuple[str, str, str | None] | None = None
     pending: set[Any] = set()
-    try:
-        with _spawn_without_main():  # the processes start as tasks are submitted
-            pending = {pool.submit(_fill_rows, str(array_path), c, [files[r] for r in c], preprocess) for c in chunks}
-        while pending and not error:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                written, err = fut.result()
-                mark(written)
-                error = error or err
-        for fut in pending:
-            fut.cancel()
-        # Rows written by tasks already running when the error came are kept too.
-        for fut in pending:
-            if not fut.cancelled():
-                mark(fut.result()[0])
-        pool.shutdown(wait=True)
-    except BaseException:
-        # Ctrl-C: keep what finished, do not wait for the rest (a resumed build redoes them).
-        for fut in pending:
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                mark(fut.result()[0])
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
+    # process_pool: the workers die with this process (kill -9 included) and Ctrl-C terminates them at once.
+    with process_pool(workers, _worker_context(), _init_worker) as pool:
+        try:
+            with _spawn_without_main():  # the processes start as tasks are submitted
+                pending = {
+                    pool.submit(_fill_rows, str(array_path), c, [files[r] for r in c], preprocess) for c in chunks
+                }
+            while pending and not error:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    written, err = fut.result()
+                    mark(written)
+                    error = error or err
+            for fut in pending:
+                fut.cancel()
+            # Rows written by tasks already running when the error came are kept too.
+            for fut in pending:
+                if not fut.cancelled():
+                    mark(fut.result()[0])
+        except BaseException:
+            # Ctrl-C: keep what finished, do not wait for the rest (a resumed build redoes them).
+            for fut in pending:
+                if fut.done() and not fut.cancelled() and fut.exception() is None:
+                    mark(fut.result()[0])
+            raise
     return error

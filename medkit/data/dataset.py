@@ -90,6 +90,7 @@ class TrainData:
         preprocess: The `medkit.data.pipeline.Preprocess` that made the images (None: archive images used as
             they are).
         label_cols: The label columns (or archive label indices) the targets came from.
+        context: The `medkit.data.context.ContextPlan` of 2.5D stacks (the source then gives stacks), or None.
     """
 
     train: Split
@@ -106,6 +107,13 @@ class TrainData:
     mask_col: str | None = None
     preprocess: Any = None
     label_cols: list[str] = field(default_factory=list)
+    context: Any = None
+
+    def mean_std(self, mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+        """Normalisation of every input channel from the task's values: the mask channel's (`channel_mean_std`),
+        and for 2.5D stacks each channel its window's (`medkit.data.context.ContextPlan.mean_std`)."""
+        mean, std = channel_mean_std(mean, std, self.in_chans, self.mask_col is not None)
+        return self.context.mean_std(mean, std) if self.context is not None else (mean, std)
 
     def label_prevalence(self) -> list[float] | None:
         """Positive rate of each label on the training split (binary/multilabel), for ``pos_weight="auto"``."""
@@ -141,7 +149,9 @@ def _medmnist(task: Any, path: Path) -> TrainData:
     splits = load_medmnist(path)
     if "train" not in splits or "val" not in splits:
         raise DataError(f"{path}: a MedMNIST file needs train_* and val_* arrays", hint="re-download the file")
-    order = [s for s in ("train", "val", "test") if s in splits]
+    if empty := [s for s in ("train", "val") if not len(splits[s][0])]:
+        raise DataError(f"{path}: the {empty[0]} split holds no image", hint="re-download the file, or rebuild it")
+    order = [s for s in ("train", "val", "test") if s in splits and len(splits[s][0])]
     images = np.concatenate([splits[s][0] for s in order])
     labels = np.concatenate([splits[s][1] for s in order])
     if images.ndim == 4 and images.shape[-1] not in (1, 3):
@@ -211,9 +221,10 @@ def holdout_mask(groups: Sequence[str], seed: int, frac: float = 0.2) -> np.ndar
 # ---------------------------------------------------------------------------------------------------- tables
 def _read_table(task: Any, labels: Any, label_cols: Sequence[str] | None, image_col: str | None) -> tuple[Any, Any]:
     """The label table and its `TableSpec` with the label columns chosen (explicit, the task's, or detected)."""
+    from medkit.data.series import from_long_labels
     from medkit.data.table import detect_spec, load_table
 
-    df = load_table(labels)
+    df = from_long_labels(load_table(labels), labels)  # RSNA stage_2_train.csv as it is
     wanted = list(label_cols) if label_cols else (list(task.labels) if task.labels else None)
     if wanted and not set(wanted) <= {str(c) for c in df.columns}:
         if label_cols:
@@ -224,6 +235,24 @@ def _read_table(task: Any, labels: Any, label_cols: Sequence[str] | None, image_
             )
         wanted = None  # the preset's default columns do not apply to this table: detect them
     return df, detect_spec(df, image=image_col, labels=wanted)
+
+
+def _no_labels_error(df: Any, labels: Any) -> DataError:
+    """No label column detected: name the numeric columns that were left out as covariates (``age``, ``y``, ...)."""
+    import pandas as pd
+
+    from medkit.data.table import NON_LABEL_HINTS
+
+    skipped = [
+        str(c) for c in df.columns if str(c).strip().lower() in NON_LABEL_HINTS and pd.api.types.is_numeric_dtype(df[c])
+    ]
+    if skipped:
+        return DataError(
+            f"{labels}: no numeric label columns found (column(s) {', '.join(skipped)} taken by name for "
+            "covariates or coordinates: they are labels only when named)",
+            hint=f"name the label columns with --label-cols, e.g. --label-cols {skipped[0]}",
+        )
+    return DataError(f"{labels}: no numeric label columns found", hint="name them with --label-cols A,B")
 
 
 def _join_folds(df: Any, spec: Any, labels: Any, folds: Any) -> tuple[Any, Any]:
@@ -332,6 +361,11 @@ def build_data(
     data = Path(data)
     if data.suffix.lower() == ".npz":
         _check_npz_options(data, labels, fold, mask_col)
+        if getattr(task, "context", 1) > 1:
+            raise UsageError(
+                f"--context {task.context} stacks neighbouring CT slices; {data.name} holds no series",
+                hint="pass a folder of slices and --labels TABLE with series_id and slice_index, or drop --context",
+            )
         return _medmnist(task, data)
     if labels is None:
         raise UsageError(f"--labels is needed with --data {data}", hint="pass the dataset table (CSV or parquet)")
@@ -339,7 +373,7 @@ def build_data(
     if folds is not None:
         df, spec = _join_folds(df, spec, labels, folds)
     if not spec.labels:
-        raise DataError(f"{labels}: no numeric label columns found", hint="name them with --label-cols A,B")
+        raise _no_labels_error(df, labels)
     return _table_data(task, data, labels, df, spec, fold, cache_dir, cache_workers, seed, mask_col)
 
 
@@ -374,17 +408,23 @@ def _table_data(
     from medkit.data.table import resolve_paths
 
     paths = resolve_paths(df, root, spec.image)
+    _warn_conflicting_ids(df, spec, labels)
     kind = target_kind(task.target).for_columns(len(spec.labels))
     tgt = kind.encode(df[list(spec.labels)].to_numpy(), str(labels))
     groups = df[spec.group].astype(str).tolist() if spec.group else None
     tr_mask, is_val = _train_val_masks(df, spec, labels, fold, groups, seed)
     masks, mask_col = _mask_files(df, root, labels, mask_col, paths)
     pre = _preprocess(task, masks)
+    plan, series = _context(task, df, spec, paths, labels, pre, masks)  # before a cache is built
     source: Any = FileSource(paths, pre)
     if cache_dir is not None:
         from medkit.data.cache import UInt8Cache
 
         source = UInt8Cache.build(paths, pre, cache_dir, workers=cache_workers)
+    if plan is not None:  # 2.5D: stacks gathered by index from the per-slice source
+        from medkit.data.context import stack_source
+
+        source = stack_source(source, series, plan)
     num_classes = max(int(tgt.max()) + 1 if kind.integer else 0, task.num_classes)
     groups_map = {g: tuple(c for c in cols if c in spec.labels) for g, cols in (task.label_groups or {}).items()}
     groups_map = {g: c for g, c in groups_map.items() if c} or dict(spec.label_groups)
@@ -408,13 +448,44 @@ def _table_data(
         num_classes,
         groups_map,
         digest,
-        pre.out_channels,
+        plan.in_chans if plan is not None else pre.out_channels,
         f"{labels}: {int(tr_mask.sum())} train / {int(is_val.sum())} val ({how})"
         + (f"; + mask channel from '{mask_col}'" if masks is not None else ""),
         mask_col if masks is not None else None,
         preprocess=pre,
         label_cols=list(spec.labels),
+        context=plan,
     )
+
+
+def _context(task: Any, df: Any, spec: Any, paths: Sequence[Any], labels: Any, pre: Any, masks: Any) -> tuple[Any, Any]:
+    """The `medkit.data.context.ContextPlan` of ``task.context`` and the series of the rows, or ``(None, None)``
+    for single slices.
+
+    Raises:
+        UsageError: A mask column (a stack has no single mask), or a table without series.
+    """
+    if getattr(task, "context", 1) <= 1:
+        return None, None
+    from medkit.console import info
+    from medkit.data.context import ContextPlan
+    from medkit.data.series import series_of_rows
+
+    if masks is not None:
+        raise UsageError(f"--context {task.context} does not combine with a mask channel", hint="pass --mask-col none")
+    plan = ContextPlan(int(task.context), task.context_mode, pre.out_channels)
+    index = series_of_rows(df, spec, paths, labels, f"--context {task.context}")
+    info(f"{plan.describe()}; {len(index.sequences())} series, slice order from {index.method}")
+    return plan, index
+
+
+def _warn_conflicting_ids(df: Any, spec: Any, labels: Any) -> None:
+    """Warn when an image is listed more than once with different labels (the model would learn both)."""
+    from medkit.console import warn
+    from medkit.data.table import describe_conflicts, duplicate_id_conflicts
+
+    if conflicts := duplicate_id_conflicts(df, spec.image, spec.labels):
+        warn(f"{labels}: {describe_conflicts(conflicts, df, spec.labels)}; run `medkit audit` and settle them")
 
 
 def _mask_files(

@@ -252,6 +252,8 @@ def _maps(request: CamRequest, rows: np.ndarray, outputs: np.ndarray) -> tuple[n
             h, w = x.shape[-2:]
             top, left = (batch.shape[1] - h) // 2, (batch.shape[2] - w) // 2
             shown = batch[:, top : top + h, left : left + w]
+            if (plan := getattr(source, "plan", None)) is not None:  # 2.5D stacks: show the slice itself
+                shown = shown[..., list(plan.centre)]
         else:
             cams = np.stack([cv2.resize(c, (shown.shape[2], shown.shape[1])) for c in cams])
         maps.append(cams)

@@ -9,7 +9,15 @@ from typing import Any
 
 from medkit.errors import DataError
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "unwrap"]
+__all__ = ["rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint", "unwrap", "weights_only", "WEIGHT_KEYS"]
+
+#: What best.pt keeps of a full checkpoint: the weights (and the EMA's), what rebuilds the model, and where in the
+#: run they were taken. No optimizer, scheduler, scaler or RNG state (those live in last.pt only), so best.pt is a
+#: third of last.pt for Adam and loads with ``torch.load(..., weights_only=True)``.
+WEIGHT_KEYS = (
+    *("model", "ema", "spec", "config", "label_names", "target", "medkit_version"),
+    *("epoch", "best", "best_epoch"),
+)
 
 
 def unwrap(model: Any) -> Any:
@@ -54,6 +62,11 @@ def set_rng_state(state: dict[str, Any], generators: dict[str, Any] | None = Non
         key = f"gen/{name}"
         if key in state:
             gen.set_state(state[key])
+
+
+def weights_only(state: dict[str, Any]) -> dict[str, Any]:
+    """The best.pt entries (`WEIGHT_KEYS`) of a full checkpoint dict, marked ``"weights_only": True``."""
+    return {**{k: state[k] for k in WEIGHT_KEYS if k in state}, "weights_only": True}
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:

@@ -58,8 +58,18 @@ def model_spec(task: Any, data: Any) -> ModelSpec:
 
 def _group_heads(label_names: Sequence[str], groups: dict[str, Sequence[str]]) -> dict[str, int]:
     if not groups:
-        raise UsageError("--heads groups needs label groups", hint="use a table with RANZCR columns, or --heads single")
+        raise UsageError(
+            "--heads groups needs label groups",
+            hint="use a table with RANZCR columns, name your groups with --heads 'NAME=COL,COL;NAME=COL', "
+            "or --heads single",
+        )
     order = {name: i for i, name in enumerate(label_names)}
+    grouped = {c for cols in groups.values() for c in cols}
+    if alone := [name for name in label_names if name not in grouped]:
+        raise UsageError(
+            f"--heads groups: label column(s) {', '.join(alone)} belong to no group",
+            hint="name every label column in a group, or leave it out of --label-cols",
+        )
     for g, cols in groups.items():
         idx = [order[c] for c in cols]
         if idx != list(range(idx[0], idx[0] + len(idx))):
@@ -67,6 +77,12 @@ def _group_heads(label_names: Sequence[str], groups: dict[str, Sequence[str]]) -
                 f"label group {g} is not contiguous in the label order",
                 hint="order the label columns group by group",
             )
+    starts = [order[cols[0]] for cols in groups.values()]
+    if starts != sorted(starts):  # the heads' logits are concatenated group by group: that must be label order
+        raise DataError(
+            f"label groups {', '.join(groups)} are not in the order of the label columns",
+            hint="give the groups in the order of --label-cols (or leave --label-cols out)",
+        )
     return {g: len(c) for g, c in groups.items()}
 
 

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from medkit.engine._worker_errors import GuardedDataset, guarded_collate, raise_if_failed
 from medkit.errors import UsageError
 
 __all__ = ["Batch", "EpochBatches", "Feeder", "LoaderFeeder", "make_loader", "make_feeder", "on_side_stream"]
@@ -180,10 +181,11 @@ def make_loader(split: Any, order: EpochBatches, workers: int = 0, pin_memory: b
 
     g = torch.Generator()
     g.manual_seed(order.seed)
+    dataset: Any = ImageDataset(split.source, split.all_targets, split.rows)
     return DataLoader(
-        ImageDataset(split.source, split.all_targets, split.rows),
+        GuardedDataset(dataset) if workers > 0 else dataset,  # a worker's error arrives as raised, not a traceback
         batch_sampler=order,
-        collate_fn=collate,
+        collate_fn=guarded_collate(collate) if workers > 0 else collate,
         num_workers=workers,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers > 0 else None,
@@ -220,7 +222,7 @@ class LoaderFeeder:
         rt = self.runtime
         if not rt.cuda:
             for d in self.loader:
-                yield Batch.from_dict(d).to(rt.device, rt.channels_last)
+                yield Batch.from_dict(raise_if_failed(d)).to(rt.device, rt.channels_last)
             return
         yield from self._prefetched()
 
@@ -232,7 +234,7 @@ class LoaderFeeder:
         it = iter(self.loader)
 
         def load() -> Batch | None:
-            d = next(it, None)
+            d = raise_if_failed(next(it, None))
             if d is None:
                 return None
             with torch.cuda.stream(stream):

@@ -16,6 +16,10 @@ the rows of every split it is given, so the training, validation and test feeder
 (`Runtime.held`). Every feeder yields exactly the batches of the DataLoader path for the same `EpochBatches`:
 the same pixels, targets and row indices, the same dtypes and memory layout. Only the calls that need CUDA
 (pinning, streams, events, non-blocking copies) depend on the device; on a CPU the same gather and ring code runs.
+
+2.5D stacks (`medkit.data.context.StackSource`): what is held is the per-slice source behind the stacks, each slice
+once; a batch gathers the K slices of every stack there and assembles them into channels on the device
+(`StackSource.assemble`). The kind, the size and the held rows are those of the slices.
 """
 
 from __future__ import annotations
@@ -179,12 +183,31 @@ def free_device_memory(runtime: Any) -> int | None:
     return int(torch.cuda.mem_get_info(dev)[0] + max(0, cached))
 
 
+def _stack_of(source: Any) -> Any:
+    """The `medkit.data.context.StackSource` when ``source`` gives 2.5D stacks, else None."""
+    from medkit.data.context import StackSource
+
+    return source if isinstance(source, StackSource) else None
+
+
+def _per_slice(source: Any, rows: np.ndarray) -> tuple[Any, np.ndarray]:
+    """The source that holds the pixels and its rows behind ``rows``: for stacks, the slices of every stack
+    (``(len(rows) * K,)``, stack by stack); for any other source, the source and the rows themselves."""
+    stack = _stack_of(source)
+    if stack is None:
+        return source, np.asarray(rows, dtype=np.int64)
+    return stack.base, stack.base_rows(rows)
+
+
 def source_kind(source: Any) -> str:
     """``memmap`` (a `UInt8Cache`), ``array`` (uint8 images in memory, used as they are), ``computed`` (an
-    in-memory array with a `Preprocess` applied per access) or ``files`` (decoded on the fly)."""
+    in-memory array with a `Preprocess` applied per access) or ``files`` (decoded on the fly); for 2.5D stacks,
+    the kind of the slices behind them."""
     from medkit.data.cache import UInt8Cache
     from medkit.data.pipeline import ArraySource
 
+    if (stack := _stack_of(source)) is not None:
+        return source_kind(stack.base)
     if isinstance(source, UInt8Cache):
         return "memmap"
     if isinstance(source, ArraySource):
@@ -218,7 +241,8 @@ def plan_feed(splits: Sequence[Any], runtime: Any, requested: str = "auto") -> F
     by_source: dict[int, tuple[Any, list[np.ndarray]]] = {}
     for split in splits:
         if split is not None:
-            by_source.setdefault(id(split.source), (split.source, []))[1].append(np.asarray(split.rows))
+            src, rows = _per_slice(split.source, split.rows)  # stacks: their slices are what is held
+            by_source.setdefault(id(src), (src, []))[1].append(rows)
     if not by_source:
         return FeedChoice("workers", "nothing to feed")
     kinds = {source_kind(src) for src, _ in by_source.values()}
@@ -382,7 +406,10 @@ class DeviceFeeder:
         self.split, self.order, self.runtime, self.held = split, order, runtime, held
         r = _Rows(split)
         self.rows = r.rows
-        self.position = held.positions(_stored(split.source, r.rows))
+        self.stack = _stack_of(split.source)
+        base, base_rows = _per_slice(split.source, r.rows)
+        # (rows, K) positions of the slices of every row's stack (K = 1 without stacks)
+        self.position = held.positions(_stored(base, base_rows)).reshape(len(r.rows), -1)
         self.targets = r.targets.to(runtime.device) if r.targets is not None else None
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -401,11 +428,15 @@ class DeviceFeeder:
         rt = self.runtime
         sizes = [len(b) for b in batches]
         flat = np.concatenate(batches)
-        pos = torch.from_numpy(self.position[flat]).to(rt.device)
+        k = self.position.shape[1]
+        pos = torch.from_numpy(self.position[flat].reshape(-1)).to(rt.device)
         rows = torch.from_numpy(self.rows[flat]).to(rt.device)
-        for p, r in zip(pos.split(sizes), rows.split(sizes), strict=True):
+        for p, r in zip(pos.split([s * k for s in sizes]), rows.split(sizes), strict=True):
+            image = self.held.images.index_select(0, p)
+            if self.stack is not None:
+                image = self.stack.assemble(image)  # the K slices of each stack side by side as channels
             # (B, H, W, C) viewed as (B, C, H, W): the channels-last layout the DataLoader path hands out too.
-            image = self.held.images.index_select(0, p).permute(0, 3, 1, 2)
+            image = image.permute(0, 3, 1, 2)
             if rt.channels_last:
                 image = image.contiguous(memory_format=torch.channels_last)
             if self.targets is not None:
@@ -440,13 +471,18 @@ class HeldGather:
 
     def __init__(self, split: Any, held: HeldRows) -> None:
         self.held = held
-        self.position = held.positions(_stored(split.source, np.asarray(split.rows)))
+        self.stack = _stack_of(split.source)
+        base, base_rows = _per_slice(split.source, np.asarray(split.rows))
+        self.position = held.positions(_stored(base, base_rows)).reshape(len(split.rows), -1)
 
     def __call__(self, slot: _Slot, js: np.ndarray, rows: Any) -> None:
         import torch
 
-        pos = torch.from_numpy(self.position[js])
-        torch.index_select(self.held.images, 0, pos, out=slot.image[: len(js)])
+        pos = torch.from_numpy(self.position[js].reshape(-1))
+        if self.stack is None:
+            torch.index_select(self.held.images, 0, pos, out=slot.image[: len(js)])
+        else:
+            slot.image[: len(js)].copy_(self.stack.assemble(torch.index_select(self.held.images, 0, pos)))
 
 
 class StreamGather:
@@ -455,8 +491,8 @@ class StreamGather:
 
     def __init__(self, split: Any) -> None:
         self.source = split.source
-        self.stored = _stored(split.source, np.asarray(split.rows))
         self.view = self._tensor_view(split.source)
+        self.stored = _stored(split.source, np.asarray(split.rows)) if self.view is not None else None
         self.staging: Any = None
 
     @staticmethod
@@ -466,6 +502,8 @@ class StreamGather:
         import torch
 
         kind = source_kind(source)
+        if _stack_of(source) is not None:  # stacks: StackSource.get_batch reads their slices from the cache
+            return None
         if kind == "memmap":
             return torch.from_numpy(source.open_array())
         if kind == "array" and source.images.flags.writeable:
@@ -640,8 +678,8 @@ def feeder_for(name: str, split: Any, order: EpochBatches, runtime: Any) -> Any:
         return LoaderFeeder(split, order, runtime)
     if name == "stream":
         return RingFeeder(split, order, runtime, StreamGather(split))
-    stored = _stored(split.source, np.asarray(split.rows))
-    held = hold_rows(runtime, split.source, stored, on_device=name == "device")
+    base, base_rows = _per_slice(split.source, np.asarray(split.rows))
+    held = hold_rows(runtime, base, _stored(base, base_rows), on_device=name == "device")
     if name == "device":
         return DeviceFeeder(split, order, runtime, held)
     return RingFeeder(split, order, runtime, HeldGather(split, held))

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from medkit.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, weights_only
 from medkit.engine.ddp import barrier
 from medkit.engine.loop import EpochState, StepContext, train_one_epoch
 from medkit.engine.predict import Predictions, gather, predict
-from medkit.engine.run import RunDir, draw_curves, write_metrics, write_oof
+from medkit.engine.run import RunDir, draw_curves, write_oof
 from medkit.engine.state import TrainParts, TrainState
 from medkit.errors import DataError, Interrupted, UsageError
 from medkit.metrics import score
@@ -77,6 +77,11 @@ class TrainConfig:
         resume: Continue from ``out/checkpoints/last.pt``.
         profile: Time this many steps (data wait vs step) with `medkit.engine.profile.Profiler`, then stop.
         evaluate_test: Also score the test split (MedMNIST) with the best checkpoint.
+        pretrain: `medkit.registries.PRETRAINERS` method run first into ``out/pretrain`` (None: none); the
+            classifier starts from its backbone (`medkit.engine.pretrain`).
+        pretrain_epochs: Epochs of the pretraining.
+        keep_last: Keep checkpoints/last.pt (optimizer state, resumable) once the run has finished.
+        loggers: `medkit.registries.LOGGERS` names (``csv``, always on, writes metrics.csv).
         argv: The command line, for run.json.
     """
 
@@ -117,6 +122,10 @@ class TrainConfig:
     resume: bool = False
     profile: int = 0
     evaluate_test: bool = True
+    pretrain: str | None = None
+    pretrain_epochs: int = 0
+    keep_last: bool = True
+    loggers: tuple[str, ...] = ("csv",)
     argv: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +190,8 @@ class Trainer:
     config: dict[str, Any]
     profiler: Any = None
     stopped: str = ""
+    loggers: Any = None  # medkit.engine.loggers.RunLoggers on the main process
+    test_outputs: Any = None  # (targets, probabilities) of the test split, for its pictures
 
 
 def _log(tr: Trainer, message: str) -> None:
@@ -196,16 +207,29 @@ def fit(cfg: TrainConfig) -> FitResult:
 
     Raises:
         Interrupted: After ``max_steps`` or Ctrl-C, with last.pt written.
+        UsageError: When another process is writing ``cfg.out`` (its lock, `medkit._lock.RunLock`).
         MedkitError: Bad data, names or flags.
     """
+    from medkit._lock import run_lock
+    from medkit.engine.ddp import dist_info
+    from medkit.engine.feeders import check_feed
+
+    check_feed(cfg.feed)  # before the data is read or cached, and before --out is created
+    # One writer per run folder, held from the first check to the last output (rank 0 holds it under DDP).
+    with run_lock(cfg.out, "medkit train", enabled=dist_info().is_main, clean=("", "checkpoints", "plots")):
+        return _fit(cfg)
+
+
+def _fit(cfg: TrainConfig) -> FitResult:
     from medkit.data.dataset import build_data
     from medkit.device import seed_everything
-    from medkit.engine.feeders import check_feed
+    from medkit.engine.loggers import open_loggers
+    from medkit.engine.outputs import finish_run
     from medkit.engine.runtime import resolve_runtime
 
-    check_feed(cfg.feed)  # before the data is read or cached
     run = RunDir(cfg.out)
-    resume = _resume_checkpoint(cfg, run)
+    # Stopped during the pretraining: --resume continues that, and the run itself starts afresh.
+    resume = None if cfg.pretrain and cfg.resume and not run.last.exists() else _resume_checkpoint(cfg, run)
     rt = resolve_runtime(cfg.device, cfg.amp, cfg.workers, deterministic=cfg.deterministic)
     seed_everything(cfg.seed, cfg.deterministic)
     data = build_data(
@@ -221,17 +245,31 @@ def fit(cfg: TrainConfig) -> FitResult:
         cfg.seed,
         cfg.mask_col,
     )
+    if cfg.pretrain and resume is None:
+        from medkit.engine.pretrain import pretrain_stage
+
+        cfg = replace(cfg, weights=str(pretrain_stage(cfg, data, rt)))
     tr = _setup(cfg, run, rt, data, resume)
     if rt.is_main:
         run.write_run_json(_run_record(tr))
+        tr.loggers = open_loggers(cfg.loggers, run.root, tr.config)
     test_scores: dict[str, float] = {}
+    status = "failed"
     try:
         _train(tr)
         test_scores = _finish(tr)
+        if rt.is_main:  # pictures, results in run.json, last.pt dropped with --no-keep-last
+            test_scores = finish_run(tr, test_scores)["test"]  # + accuracy at the chosen threshold
+        if not tr.stopped or tr.stopped == "early":
+            _mark_finished(tr)
+        status = "finished" if not tr.stopped or tr.stopped == "early" else "stopped"
     except KeyboardInterrupt:
+        status = "stopped"
         _save_last(tr)
         raise Interrupted(f"interrupted; last checkpoint: {run.last}", hint="continue with --resume") from None
     finally:
+        if tr.loggers is not None:
+            tr.loggers.close(status)
         barrier(rt.dist)
     st = tr.state
     return FitResult(
@@ -251,6 +289,10 @@ def fit(cfg: TrainConfig) -> FitResult:
 
 def _resume_checkpoint(cfg: TrainConfig, run: RunDir) -> dict[str, Any] | None:
     """The checkpoint to resume from (``--resume``), after refusing to overwrite or re-finish a run."""
+    from medkit.engine.outputs import run_finished
+
+    if not run.last.exists() and run_finished(run):  # --no-keep-last removed last.pt; run.json keeps the mark
+        raise UsageError(f"{run.root} already finished training", hint="use another --out")
     if cfg.resume:
         state = load_checkpoint(run.last)
         if state.get("finished"):
@@ -282,6 +324,8 @@ _RESUME_FIXED_TASK = (
     "batch_size",
     "mean",
     "std",
+    "context",
+    "context_mode",
 )
 
 
@@ -405,12 +449,11 @@ def _parts(cfg: TrainConfig, data: Any, rt: Any) -> tuple[Any, TrainParts, Any]:
 
 def _transforms(cfg: TrainConfig, data: Any, rt: Any) -> tuple[Any, list[float], list[float]]:
     """The on-device transforms, and the per-channel mean and std they normalise with."""
-    from medkit.data.dataset import channel_mean_std
     from medkit.engine.components import InputTransforms
 
     task = cfg.task
     has_mask = data.mask_col is not None
-    mean, std = channel_mean_std(task.mean, task.std, data.in_chans, has_mask)
+    mean, std = data.mean_std(task.mean, task.std)
     transforms = InputTransforms(
         mean,
         std,
@@ -455,7 +498,7 @@ def _run_record(tr: Trainer) -> dict[str, Any]:
     from medkit.config import provenance
 
     data, rt = tr.data, tr.rt
-    record = provenance(tr.config)
+    record = provenance({k: v for k, v in tr.config.items() if k != "argv"})  # argv once, at the top
     record.update(
         data_hash=data.data_hash,
         data=data.description,
@@ -480,6 +523,10 @@ def _run_record(tr: Trainer) -> dict[str, Any]:
         },
         spec=tr.spec.to_dict(),
     )
+    if tr.cfg.pretrain:
+        from medkit.engine.pretrain import PRETRAIN_DIR
+
+        record["child"] = {"pretrain": str((tr.run.root / PRETRAIN_DIR).resolve())}
     return record
 
 
@@ -517,6 +564,17 @@ def _save_last(tr: Trainer, finished: bool = False) -> None:
         save_checkpoint(tr.run.last, state)
 
 
+def _mark_finished(tr: Trainer) -> None:
+    """Mark last.pt finished once every output is written (a run killed before this completes with --resume).
+
+    The mark is set on the saved checkpoint, not on the live parts: scoring the test split loaded best.pt's weights.
+    """
+    if tr.rt.is_main and tr.run.last.exists():
+        state = load_checkpoint(tr.run.last)
+        state["finished"] = True
+        save_checkpoint(tr.run.last, state)
+
+
 def _on_step(tr: Trainer, progress: EpochState) -> bool:
     """After every optimizer step: periodic checkpoints, and the ``--max-steps`` stop."""
     tr.state.global_step += 1
@@ -534,6 +592,14 @@ def _train(tr: Trainer) -> None:
     """Epochs until the end, an early stop, a dry run's single batch or ``--max-steps``."""
     from medkit.engine.stages import stage_of_epoch
 
+    st = tr.state
+    if st.epoch and (st.epoch >= tr.epochs or (tr.cfg.patience and st.bad_epochs >= tr.cfg.patience)):
+        # A run killed after its last checkpoint but before its outputs: write them instead of training on.
+        _log(tr, f"training had finished ({st.epoch} epochs); writing the outputs it did not write")
+        if tr.rt.is_main:  # as _end_epoch writes them
+            tr.loggers.log_epoch(st.history)
+            draw_curves(tr.run.curve_png, st.history, ["train_loss", "val_loss", tr.cfg.task.metric], st.best_epoch)
+        return
     while tr.state.epoch < tr.epochs:
         number = stage_of_epoch(tr.stages, tr.state.epoch)[0] + 1
         if number != tr.state.stage:
@@ -563,7 +629,7 @@ def _run_epoch(tr: Trainer) -> tuple[Predictions, float, float] | None:
     bar_cm = Progress(total=total, description=f"epoch {st.epoch + 1}/{tr.epochs}", unit="img", enabled=tr.rt.is_main)
     with bar_cm as bar:
         if st.progress.seen:
-            bar.update(st.progress.seen, loss=st.progress.loss)
+            bar.update(st.progress.seen, train_loss=st.progress.loss)
         t0 = time.perf_counter()
         on_step = functools.partial(_on_step, tr)
         train_one_epoch(tr.train_model, tr.train_feed, tr.ctx, st.progress, on_step, cfg.dry_run, bar, tr.profiler)
@@ -571,7 +637,7 @@ def _run_epoch(tr: Trainer) -> tuple[Predictions, float, float] | None:
             return None
         preds = _validate(tr)
         value = score(tr.metric, tr.data.target, tr.data.val.targets[preds.rows], preds.probs)
-        bar.update(0, **{cfg.task.metric: value})
+        bar.update(0, **{f"val_{cfg.task.metric}": value})  # next to the bar's train loss: say which split
     return preds, value, time.perf_counter() - t0
 
 
@@ -595,7 +661,7 @@ def _validate(tr: Trainer) -> Predictions:
 
 def _end_epoch(tr: Trainer, preds: Predictions, value: float, seconds: float) -> None:
     """Record the epoch, step the epoch schedule, keep the best checkpoint and its OOF, write last.pt."""
-    st, cfg, metric = tr.state, tr.cfg, tr.cfg.task.metric
+    st, metric = tr.state, tr.cfg.task.metric
     progress = st.progress
     train_loss = progress.loss
     if tr.rt.dist.enabled:
@@ -621,18 +687,18 @@ def _end_epoch(tr: Trainer, preds: Predictions, value: float, seconds: float) ->
     _log(
         tr,
         f"epoch {st.epoch}: train_loss {train_loss:.4f} val_loss {preds.loss:.4f} "
-        f"{metric} {value:.4f}{' (best)' if is_best else ''}",
+        f"val_{metric} {value:.4f}{' (best)' if is_best else ''}",
     )
     if is_best:
         best = _checkpoint(tr)
         if tr.rt.is_main:
-            save_checkpoint(tr.run.best, best)
+            save_checkpoint(tr.run.best, weights_only(best))
             _write_oof(tr.run, tr.data, preds)
-    finished = cfg.dry_run or st.epoch >= tr.epochs or (cfg.patience and st.bad_epochs >= cfg.patience)
-    _save_last(tr, finished=bool(finished and not cfg.dry_run))
+    # Not marked finished yet: metrics.csv, curve.png and test.json come after (fit marks it at the very end).
+    _save_last(tr)
     if tr.rt.is_main:
-        write_metrics(tr.run.metrics_csv, st.history)
-        draw_curves(tr.run.curve_png, st.history, ["train_loss", "val_loss", metric])
+        tr.loggers.log_epoch(st.history)  # metrics.csv (csv, always on), TensorBoard, MLflow
+        draw_curves(tr.run.curve_png, st.history, ["train_loss", "val_loss", metric], st.best_epoch)
 
 
 def _finish(tr: Trainer) -> dict[str, float]:
@@ -670,6 +736,7 @@ def _score_test(tr: Trainer) -> dict[str, float]:
         predict(model, feed, tr.rt, data.target, tr.ctx.transforms.eval, dry_run=tr.cfg.dry_run), tr.rt.dist, data.test
     )
     y = data.test.targets[preds.rows]
+    tr.test_outputs = (y, preds.probs)
     scores = {tr.cfg.task.metric: score(tr.metric, data.target, y, preds.probs), "n": float(len(y))}
     if data.target is BINARY:
         from sklearn.metrics import roc_auc_score
@@ -699,6 +766,7 @@ def profile_steps(cfg: TrainConfig, steps: int) -> dict[str, Any]:
             ckpt_every=0,
             dry_run=False,
             evaluate_test=False,
+            loggers=("csv",),
         )
         result = fit(sub)
         return {**result.profile, "feed": result.feed}

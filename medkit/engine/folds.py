@@ -37,6 +37,10 @@ def fit_folds(cfg: TrainConfig, folds: list[int]) -> dict[str, Any]:
 
 def _fit_fold(cfg: TrainConfig, root: RunDir, k: int) -> tuple[int, float]:
     """Train fold ``k`` (or take its result when a resumed ``--fold all`` finds it finished)."""
+    from medkit.engine.outputs import fold_best
+
+    if cfg.resume and not root.fold(k).last.exists() and (best := fold_best(root.fold(k))) is not None:
+        return k, best  # finished, its last.pt dropped (--no-keep-last)
     sub = replace(cfg, fold=k, out=str(root.fold(k).root), resume=cfg.resume and root.fold(k).last.exists())
     if sub.resume:
         state = load_checkpoint(root.fold(k).last)
@@ -58,6 +62,9 @@ def _join_oof(cfg: TrainConfig, root: RunDir, folds: list[int], record: dict[str
         save_table(oof, root.oof_csv)
         record["oof_rows"] = len(oof)
         record["cv"] = oof_score(cfg.task.metric, cfg.task.target, oof)
+        from medkit.engine.outputs import oof_pictures
+
+        record["pictures"] = [p.name for p in oof_pictures(root, oof, cfg.task.target, cfg.task.metric, cfg.data)[2]]
     write_json(root.cv_json, record)
 
 

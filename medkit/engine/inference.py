@@ -176,6 +176,7 @@ class ImageSet:
         table: The dataset table (pandas, rows in output order), or None.
         table_path: Where the table came from.
         root: The image root of a table.
+        table_spec: The `medkit.data.table.TableSpec` of the table, or None.
     """
 
     ids: list[str]
@@ -188,6 +189,8 @@ class ImageSet:
     table: Any = None
     table_path: Path | None = None
     root: Path | None = None
+    table_spec: Any = None
+    _series: Any = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -209,11 +212,32 @@ class ImageSet:
             )
         masks = self._masks(spec.mask_col)
         src = inputs.file_source(self.paths, masks)
-        if cache_dir is None:
-            return src
-        from medkit.data.cache import UInt8Cache
+        if cache_dir is not None:
+            from medkit.data.cache import UInt8Cache
 
-        return UInt8Cache.build(self.paths, src.preprocess, cache_dir, workers=workers)
+            src = UInt8Cache.build(self.paths, src.preprocess, cache_dir, workers=workers)
+        plan = spec.context_plan()
+        if plan is None:
+            return src
+        from medkit.data.context import stack_source
+
+        return stack_source(src, self.series_index(f"a run trained with --context {plan.slices}"), plan)
+
+    def series_index(self, needed_by: str) -> Any:
+        """The `medkit.data.series.SeriesIndex` of the images (the table's series / order columns, else the DICOM
+        headers), found once.
+
+        Raises:
+            UsageError: Images without series (no series column and not DICOM, or a MedMNIST archive).
+        """
+        from medkit.data.series import series_of_rows
+
+        if self._series is None:
+            if self.paths is None:
+                raise UsageError(f"{needed_by} reads CT series; a MedMNIST archive has none", hint="predict CT slices")
+            where = self.table_path or "the image folder"
+            self._series = series_of_rows(self.table, self.table_spec, self.paths, where, needed_by)
+        return self._series
 
     def _masks(self, mask_col: str | None) -> dict[str, str] | None:
         if mask_col is None:
@@ -252,11 +276,18 @@ class ImageSet:
             UsageError: The images carry no series or slice order.
         """
         if "series" not in self.columns or "order" not in self.columns:
-            raise UsageError(
-                "neighbour aggregation needs the series and slice order of every image",
-                hint="pass --labels TABLE with series_id and slice_index (or InstanceNumber) columns, "
-                "or --neighbours none",
-            )
+            dicom = self.paths is not None and all(str(p).lower().endswith((".dcm", ".dicom")) for p in self.paths)
+            if not dicom or not len(self.paths or ()):
+                raise UsageError(
+                    "neighbour aggregation needs the series and slice order of every image",
+                    hint="pass --labels TABLE with series_id and slice_index (or InstanceNumber) columns, "
+                    "use DICOM slices (their headers give both), or --neighbours none",
+                )
+            # DICOM slices without a table (a test folder): the headers' geometry gives series and order, and the
+            # output carries them like a table's columns.
+            index = self.series_index("neighbour aggregation")
+            self.columns["series"] = [str(v) for v in index.series]
+            self.columns["order"] = [float(v) for v in index.order]
         return np.asarray(self.columns["series"]), np.asarray(self.columns["order"])
 
 
@@ -323,9 +354,10 @@ _VAL_NAMES = {"val", "valid", "validation"}  # what `medkit train` reads as vali
 
 
 def _table_set(root: Path, table: Path, image_col: str | None, split: str | None) -> ImageSet:
+    from medkit.data.series import from_long_labels
     from medkit.data.table import detect_spec, load_table, resolve_paths
 
-    df = load_table(table)
+    df = from_long_labels(load_table(table), table)  # RSNA stage_2_train.csv as it is, as `medkit train` reads it
     spec = detect_spec(df, image=image_col, labels=())
     if split is not None:
         if spec.split is None:
@@ -353,7 +385,15 @@ def _table_set(root: Path, table: Path, image_col: str | None, split: str | None
             columns[key] = [str(v) for v in columns[key]]
     desc = f"{table.name}: {len(df)} images under {root}" + (f" ({split} rows)" if split else "")
     return ImageSet(
-        ids.tolist(), columns, table.name.split(".")[0], desc, list(paths), table=df, table_path=table, root=root
+        ids.tolist(),
+        columns,
+        table.name.split(".")[0],
+        desc,
+        list(paths),
+        table=df,
+        table_path=table,
+        root=root,
+        table_spec=spec,
     )
 
 
@@ -422,7 +462,8 @@ def _counted(feeder: Any, bar: Any) -> Any:
 
 def _group_key(spec: Any) -> str:
     """Runs with equal keys read identical pixels, so they share one pass over the images."""
-    return json.dumps({"pre": spec.preprocess, "mask": spec.mask_col, "size": spec.img_size}, sort_keys=True)
+    key = {"pre": spec.preprocess, "mask": spec.mask_col, "size": spec.img_size, "context": spec.context}
+    return json.dumps(key, sort_keys=True)
 
 
 def _predict_logits(
@@ -436,12 +477,22 @@ def _predict_logits(
     from medkit.engine.predict import gather, predict
 
     groups: dict[str, list[int]] = {}
+    # sequence models (medkit.engine.sequence) read whole series, not batches of slices
+    sequence = [r for r, run in enumerate(runs) if getattr(run.model, "medkit_info", {}).get("sequence")]
     for r, run in enumerate(runs):
-        groups.setdefault(_group_key(run.inputs.spec), []).append(r)
+        if r not in sequence:
+            groups.setdefault(_group_key(run.inputs.spec), []).append(r)
     n, k = len(images), len(runs[0].inputs.spec.label_names)
     logits: list[np.ndarray] = [np.empty(0)] * len(runs)
     sources: list[Any] = [None] * len(runs)
     batch = opts.batch_size or runs[0].inputs.spec.batch_size
+    for r in sequence:
+        from medkit.engine.sequence import predict_series
+
+        series, order = images.key_columns()
+        sources[r] = images.source(runs[r].inputs, opts.cache_dir, opts.workers)
+        model, normalize = runs[r].model, runs[r].inputs.transforms.eval
+        logits[r] = predict_series(model, normalize, sources[r], series, order, views, rt, max(batch, 16))
     with Progress(total=n * len(groups), description="predict", unit="img", enabled=rt.is_main) as bar:
         for members in groups.values():
             source = images.source(runs[members[0]].inputs, opts.cache_dir, opts.workers)
@@ -549,6 +600,8 @@ def predict_runs(run_dirs: Sequence[str | os.PathLike[str]], opts: PredictOption
     weights = [override if override is not None else tuple(r.inputs.spec.neighbours) for r in runs]
     if any(weights):
         images.key_columns()  # fails now rather than after the pass
+    if plan := next((r.inputs.spec.context_plan() for r in runs if r.inputs.spec.context), None):
+        images.series_index(f"a run trained with --context {plan.slices}")  # 2.5D stacks: likewise
     info(
         f"predict: {images.description}; {len(runs)} run(s) x {len(views)} view(s) "
         f"({', '.join(v.name for v in views)}) on {rt.device}"

@@ -154,7 +154,7 @@ def train_one_epoch(
         t_wait = time.perf_counter()
         state.seconds += t_wait - t0
         if bar is not None:
-            bar.update(n, loss=state.loss)
+            bar.update(n, train_loss=state.loss)
         if on_step is not None and on_step(state):
             break
         if dry_run:

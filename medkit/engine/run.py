@@ -1,4 +1,4 @@
-"""The run directory: run.json, metrics.csv, curve.png, checkpoints/{last,best}.pt, oof.csv (see docs/train.md)."""
+"""The run directory: run.json, metrics.csv, curve.png, plots/, checkpoints/{last,best}.pt, oof.csv (docs/train.md)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from medkit._io import atomic_write, write_json, write_text
+from medkit._io import write_json, write_text
 
 __all__ = ["RunDir", "write_metrics", "read_metrics", "draw_curves", "write_oof"]
 
@@ -40,13 +40,18 @@ class RunDir:
         return self.root / "curve.png"
 
     @property
+    def plots(self) -> Path:
+        """ROC, PR, reliability and confusion pictures of the validation (and test) predictions."""
+        return self.root / "plots"
+
+    @property
     def last(self) -> Path:
-        """Latest checkpoint (resumable, also mid-epoch)."""
+        """Latest checkpoint (resumable, also mid-epoch; removed at the end with ``--no-keep-last``)."""
         return self.root / "checkpoints" / "last.pt"
 
     @property
     def best(self) -> Path:
-        """Checkpoint with the best validation metric."""
+        """Weights (and the EMA's) at the best validation metric, with the run spec; no optimizer state."""
         return self.root / "checkpoints" / "best.pt"
 
     @property
@@ -99,58 +104,17 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-_COLOURS = [(200, 80, 30), (30, 30, 200), (40, 150, 40), (150, 40, 150), (20, 140, 200), (90, 90, 90)]
-
-
 def draw_curves(
     path: str | os.PathLike[str],
     rows: Sequence[dict[str, Any]],
     keys: Sequence[str],
-    size: tuple[int, int] = (640, 400),
+    best_epoch: int | None = None,
 ) -> Path | None:
-    """Draw the per-epoch curves of ``keys`` as lines on a white canvas (cv2; no matplotlib needed).
+    """Draw the per-epoch curves of ``keys``: one panel per quantity with its own y axis, stage changes marked
+    (`medkit.engine.plots.plot_curves`). Returns None when there is nothing to draw."""
+    from medkit.engine.plots import plot_curves
 
-    Each series is scaled to its own range (the legend gives min and max), so a loss and an AUC share one plot.
-    Returns None when there is nothing to draw.
-    """
-    import cv2
-    import numpy as np
-
-    series = {}
-    for k in keys:
-        vals = [float(r[k]) for r in rows if isinstance(r.get(k), int | float) and np.isfinite(float(r[k]))]
-        if vals:
-            series[k] = vals
-    if not series:
-        return None
-    w, h = size
-    left, right, top = 50, 20, 20
-    img = np.full((h + 18 * len(series), w, 3), 255, np.uint8)
-    pw, ph = w - left - right, h - top - 40
-    cv2.rectangle(img, (left, top), (left + pw, top + ph), (0, 0, 0), 1)
-    n = max(len(v) for v in series.values())
-    for i, (k, vals) in enumerate(series.items()):
-        lo, hi = min(vals), max(vals)
-        span = hi - lo if hi > lo else 1.0
-        pts = []
-        for j, v in enumerate(vals):
-            x = left + (pw * j / (n - 1) if n > 1 else pw / 2)
-            y = top + ph - ph * (v - lo) / span
-            pts.append((int(round(x)), int(round(y))))
-        colour = _COLOURS[i % len(_COLOURS)]
-        for a, b in zip(pts[:-1], pts[1:], strict=False):
-            cv2.line(img, a, b, colour, 2, cv2.LINE_AA)
-        for p in pts:
-            cv2.circle(img, p, 3, colour, -1, cv2.LINE_AA)
-        label = f"{k}: {lo:.4g} .. {hi:.4g}"
-        cv2.putText(img, label, (left, top + ph + 30 + 18 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
-    cv2.putText(img, f"epoch 1..{n}", (left + pw - 90, top + ph + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1)
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:
-        return None
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.tobytes())
-    return Path(path)
+    return plot_curves(path, rows, keys, best_epoch=best_epoch)
 
 
 def write_oof(

@@ -45,6 +45,8 @@ class RunSpec:
         ema: Whether the evaluated weights are an EMA.
         neighbours: Odd-length weights that combine each CT slice's logits with its neighbours' in the series
             (`medkit.engine.aggregate.aggregate_neighbours`) at prediction time; empty: no aggregation.
+        context: The 2.5D stacks the model reads (`medkit.data.context.ContextPlan.to_dict`: slices, mode,
+            channels per slice, in_chans), or None for single slices.
         version: `SPEC_VERSION` of the writer.
     """
 
@@ -65,7 +67,17 @@ class RunSpec:
     stages: tuple[dict[str, Any], ...] = ()
     ema: bool = False
     neighbours: tuple[float, ...] = ()
+    context: dict[str, Any] | None = None
     version: int = SPEC_VERSION
+
+    def context_plan(self) -> Any:
+        """The `medkit.data.context.ContextPlan` of a 2.5D run, or None."""
+        if not self.context:
+            return None
+        from medkit.data.context import ContextPlan
+
+        c = self.context
+        return ContextPlan(int(c["slices"]), str(c["mode"]), int(c["channels"]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -115,6 +127,7 @@ def spec_of(
         batch_size=int(task.batch_size),
         stages=tuple(s.to_dict() for s in stages),
         ema=bool(ema),
+        context=data.context.to_dict() if getattr(data, "context", None) is not None else None,
     )
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from medkit.ensemble._methods import Combiner, normalise_weights
 from medkit.ensemble._ordinal import fit_cut_points, grades, qwk_with_cut_points
 from medkit.ensemble._search import Scorer, search_weights
+from medkit.ensemble._thresholds import fit_thresholds
 
 __all__ = ["Fitted", "Blender"]
 
@@ -19,10 +20,12 @@ class Fitted:
     Attributes:
         weights: ``(M,)`` weights, or ``(M, K)`` per label; normalised.
         cut_points: Cut points of the blended expected grade (graded outputs scored with QWK), else None.
+        thresholds: ``(K,)`` decision thresholds of 0/1 outputs (`Blender.thresholds`), else None.
     """
 
     weights: Any
     cut_points: Any = None
+    thresholds: Any = None
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Blender:
         seed: Seed of the search.
         cut_points: Fit cut points of the expected grade for QWK after the weights.
         num_classes: Grades or classes (for the cut points).
+        thresholds: Criterion of per-label decision thresholds fitted after the weights (0/1 outputs), or None.
+            They do not change the metric the blend is scored with.
     """
 
     scorer: Scorer
@@ -46,10 +51,11 @@ class Blender:
     seed: int = 0
     cut_points: bool = False
     num_classes: int = 0
+    thresholds: str | None = None
 
     def fit(self, y: Any, probs: Any, weights: Any = None) -> Fitted:
         """Fit on ``(M, N, K)`` OOF probabilities: ``weights`` when given (else searched, or equal without a
-        search), then the cut points."""
+        search), then the cut points or the decision thresholds."""
         import numpy as np
 
         m, _, k = probs.shape
@@ -57,10 +63,12 @@ class Blender:
             weights = search_weights(self.scorer, self.combiner, y, probs, self.search, self.per_label, self.seed)
         w = normalise_weights(weights, m, k)
         w = w if self.per_label else w[:, 0]
-        cuts = None
+        cuts = thresholds = None
         if self.cut_points:
             cuts = fit_cut_points(self.scorer.kind, y, self.combiner(probs, w), self.num_classes)
-        return Fitted(np.asarray(w), cuts)
+        if self.thresholds is not None:
+            thresholds = fit_thresholds(self.thresholds, y, self.combiner(probs, w))
+        return Fitted(np.asarray(w), cuts, thresholds)
 
     def predict(self, probs: Any, fitted: Fitted) -> Any:
         """Blended ``(N, K)`` probabilities."""

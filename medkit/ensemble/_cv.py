@@ -17,9 +17,23 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from medkit.ensemble._blender import Blender, Fitted
+from medkit.ensemble._thresholds import criterion_at, decide
 from medkit.errors import DataError
 
-__all__ = ["CVScore", "CVEstimate", "assign_folds", "cross_validate"]
+__all__ = ["CVScore", "CVEstimate", "ThresholdCV", "assign_folds", "cross_validate"]
+
+
+@dataclass
+class ThresholdCV:
+    """Held-out criterion of decision thresholds, per label.
+
+    Attributes:
+        folds: ``(F, K)``: each held-out fold's criterion per label (nan where undefined).
+        pooled: ``(K,)``: the criterion over every held-out row's decision at once.
+    """
+
+    folds: Any
+    pooled: Any
 
 
 @dataclass
@@ -53,6 +67,8 @@ class CVEstimate:
         blend: The blend, fitted on the other folds each time.
         mean: The equal-weight mean.
         members: Each member alone.
+        thresholds: With decision thresholds (`Blender.thresholds`): the blend's held-out criterion per label,
+            thresholds and weights fitted on the other folds (reported per label by `ensemble`, not in `to_dict`).
     """
 
     n_folds: int
@@ -60,6 +76,7 @@ class CVEstimate:
     blend: CVScore
     mean: CVScore
     members: tuple[CVScore, ...]
+    thresholds: ThresholdCV | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -151,6 +168,9 @@ def cross_validate(blender: Blender, y: Any, probs: Any, fold_ids: Any, source: 
     pooled_grades = [np.zeros(n, dtype=np.int64) for _ in candidates]
     scores: list[list[float]] = [[] for _ in candidates]
     folds = np.unique(fold_ids)
+    decisions = np.zeros((n, k), dtype=np.int8)
+    yk = y.reshape(n, -1)
+    threshold_folds = []
     for f in folds:
         test = fold_ids == f
         train = ~test
@@ -160,6 +180,15 @@ def cross_validate(blender: Blender, y: Any, probs: Any, fold_ids: Any, source: 
             pooled[c][test] = blender.predict(probs[:, test], fitted)
             if fitted.cut_points is not None:
                 pooled_grades[c][test] = blender.grades(pooled[c][test], fitted)
+            if c == 0 and fitted.thresholds is not None:
+                decisions[test] = decide(pooled[c][test], fitted.thresholds)
+                threshold_folds.append(
+                    [criterion_at(blender.thresholds, yk[test, j], decisions[test, j], 0.5) for j in range(k)]
+                )
+    thresholds = None
+    if blender.thresholds is not None:
+        total = [criterion_at(blender.thresholds, yk[:, j], decisions[:, j], 0.5) for j in range(k)]
+        thresholds = ThresholdCV(np.asarray(threshold_folds), np.asarray(total))
     summaries = []
     for c in range(len(candidates)):
         if blender.cut_points:
@@ -169,4 +198,4 @@ def cross_validate(blender: Blender, y: Any, probs: Any, fold_ids: Any, source: 
         else:
             total = blender.scorer(y, pooled[c])
         summaries.append(_summary(scores[c], total))
-    return CVEstimate(len(folds), source, summaries[0], summaries[1], tuple(summaries[2:]))
+    return CVEstimate(len(folds), source, summaries[0], summaries[1], tuple(summaries[2:]), thresholds)

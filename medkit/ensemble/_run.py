@@ -16,10 +16,19 @@ from medkit.ensemble._cv import CVEstimate, assign_folds, cross_validate
 from medkit.ensemble._methods import Combiner, check_method, normalise_weights
 from medkit.ensemble._ordinal import uses_cut_points
 from medkit.ensemble._search import Scorer, check_search
+from medkit.ensemble._thresholds import ThresholdReport, check_criterion, decide, summarise
 from medkit.errors import UsageError
 from medkit.target import MULTILABEL
 
-__all__ = ["EnsembleOptions", "MemberReport", "EnsembleReport", "ensemble", "resolve_metric", "output_paths"]
+__all__ = [
+    "EnsembleOptions",
+    "MemberReport",
+    "EnsembleReport",
+    "ensemble",
+    "resolve_metric",
+    "output_paths",
+    "labels_path",
+]
 
 
 @dataclass
@@ -38,6 +47,9 @@ class EnsembleOptions:
         cv_folds: Folds of the cross-validated estimate when the OOF has no ``fold`` column.
         seed: Seed of those folds and of the Nelder-Mead restarts.
         out: The blended prediction table (``.csv``; a folder gets ``blend.csv`` inside).
+        thresholds: Choose one decision threshold per label on the blended OOF for this criterion (``f1``,
+            ``f2``, ``youden``, ``accuracy``; binary and multilabel outputs, needs OOF tables) and write the 0/1
+            decisions to ``<out stem>_labels.csv``; None (default): no thresholds.
     """
 
     method: str = "mean"
@@ -49,6 +61,7 @@ class EnsembleOptions:
     cv_folds: int = 5
     seed: int = 0
     out: str | os.PathLike[str] = "blend.csv"
+    thresholds: str | None = None
 
 
 @dataclass
@@ -89,7 +102,9 @@ class EnsembleReport:
         cv: The cross-validated estimate, or None without OOF.
         cut_points: Cut points of the expected grade (graded outputs with QWK), else None.
         cut_oof: The OOF QWK with those cut points (fitted on these rows: optimistic).
-        outputs: Files written: ``predictions``, ``sidecar``, and ``oof`` / ``oof_sidecar`` with OOF tables.
+        thresholds: Per-label decision thresholds with their OOF and cross-validated criterion, or None.
+        outputs: Files written: ``predictions``, ``sidecar``, ``oof`` / ``oof_sidecar`` with OOF tables, and
+            ``labels`` (the 0/1 decisions) with thresholds.
     """
 
     method: str
@@ -108,15 +123,17 @@ class EnsembleReport:
     cv: CVEstimate | None = None
     cut_points: tuple[float, ...] | None = None
     cut_oof: float | None = None
+    thresholds: ThresholdReport | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what ``--json`` prints; the sidecar's ``details`` is this without ``outputs``)."""
-        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("members", "cv")}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("members", "cv", "thresholds")}
         d["label_names"] = list(self.label_names)
         d["members"] = [vars(m).copy() for m in self.members]
         d["cv"] = self.cv.to_dict() if self.cv is not None else None
         d["cut_points"] = list(self.cut_points) if self.cut_points is not None else None
+        d["thresholds"] = self.thresholds.to_dict() if self.thresholds is not None else None
         return d
 
 
@@ -127,6 +144,12 @@ def output_paths(out: str | os.PathLike[str]) -> tuple[Path, Path]:
     if path.is_dir() or not path.suffix:
         path = path / "blend.csv"
     return path, path.with_name(f"{path.stem}_oof{path.suffix}")
+
+
+def labels_path(out: str | os.PathLike[str]) -> Path:
+    """The table of 0/1 decisions next to the blended table: ``blend.csv`` -> ``blend_labels.csv``."""
+    path = output_paths(out)[0]
+    return path.with_name(f"{path.stem}_labels{path.suffix}")
 
 
 def resolve_metric(
@@ -167,6 +190,13 @@ def resolve_metric(
 def _check_options(options: EnsembleOptions, has_oof: bool) -> None:
     check_method(options.method)
     check_search(options.search)
+    if options.thresholds is not None:
+        check_criterion(options.thresholds)
+        if not has_oof:
+            raise UsageError(
+                "--thresholds chooses each label's threshold on OOF predictions",
+                hint="pass one --oof per member (its oof.csv or run folder); one member with its --oof works too",
+            )
     if options.method == "weighted" and not has_oof:
         raise UsageError(
             "--method weighted needs OOF predictions to search the weights on",
@@ -195,7 +225,8 @@ def ensemble(
     by cross-validation, and write the blended table, its sidecar and the blended OOF.
 
     Args:
-        preds: The members' prediction tables (``medkit predict`` output), two or more.
+        preds: The members' prediction tables (``medkit predict`` output): two or more, or one with its OOF
+            table (to score it and choose thresholds).
         oofs: One OOF table (an oof.csv or a run folder) per member, in the same order, or none.
         options: Method, metric, search, folds and output.
 
@@ -209,7 +240,8 @@ def ensemble(
     options = options or EnsembleOptions()
     _check_options(options, bool(oofs))
     out, oof_out = output_paths(options.out)
-    _check_outputs([out, oof_out], [Path(p) for p in preds] + [oof_file(p) for p in oofs])
+    written = [out, oof_out, labels_path(options.out)] if options.thresholds else [out, oof_out]
+    _check_outputs(written, [Path(p) for p in preds] + [oof_file(p) for p in oofs])
     members = load_members(preds)
     info(
         f"{len(members.paths)} members: {members.probs.shape[1]} rows, {len(members.columns)} columns ({members.kind})"
@@ -218,6 +250,12 @@ def ensemble(
         raise UsageError(
             f"--per-label needs several 0/1 label columns; these predictions are {members.kind}",
             hint="drop --per-label",
+        )
+    if options.thresholds is not None and members.kind.integer:
+        raise UsageError(
+            f"--thresholds chooses thresholds of 0/1 outputs; these predictions are {members.kind} (graded)",
+            hint="graded outputs get QWK cut points of the expected grade instead: drop --thresholds and pass "
+            "--metric qwk (see 'Grades: cut points for QWK' in docs/ensemble.md)",
         )
     oof = load_oofs(oofs, members) if oofs else None
     declared = list(zip(map(str, members.paths), members.metrics, strict=True))
@@ -229,6 +267,9 @@ def ensemble(
         warn(f"rank averages are scores, not probabilities: the {metric} of a rank blend says little")
     combiner = Combiner(options.method, options.power, members.kind.softmax)
     report, fitted = _fit(options, members, oof, scorer, combiner)
+    if report.thresholds is not None:
+        report.thresholds.file = str(labels_path(options.out))
+        report.thresholds.columns = members.label_names
     report.outputs = _write(out, oof_out, members, oof, combiner, fitted, report)
     return report
 
@@ -265,6 +306,7 @@ def _fit(
         seed=options.seed,
         cut_points=uses_cut_points(members.kind, scorer.name),
         num_classes=members.num_classes,
+        thresholds=options.thresholds,
     )
     info(f"OOF: {oof.probs.shape[1]} rows; fitting weights ({search or 'equal weights'})")
     fitted = blender.fit(oof.y, oof.probs)
@@ -281,6 +323,16 @@ def _fit(
     if fitted.cut_points is not None:
         report.cut_points = tuple(float(c) for c in fitted.cut_points)
         report.cut_oof = blender.score(oof.y, oof.probs, fitted)
+    if fitted.thresholds is not None:
+        cv = report.cv.thresholds
+        report.thresholds = summarise(
+            options.thresholds or "",
+            members.label_names,
+            oof.y,
+            blender.predict(oof.probs, fitted),
+            fitted.thresholds,
+            (cv.folds, cv.pooled) if cv is not None else None,
+        )
     return report, fitted
 
 
@@ -334,4 +386,20 @@ def _write(
         frame = _table(oof.frame, members, oof_blended, graded(oof_blended))
         write_predictions(oof_out, frame, _meta(members, report, oof.paths))
         written.update(oof=str(oof_out), oof_sidecar=str(sidecar_path(oof_out)))
+    if fitted.thresholds is not None and report.thresholds is not None:
+        written["labels"] = str(_write_labels(Path(report.thresholds.file), members, blended, fitted.thresholds))
     return written
+
+
+def _write_labels(path: Path, members: Members, blended: Any, thresholds: Any) -> Path:
+    """The 0/1 decisions: the id columns and one ``<label>`` column per output, no ``_prob`` column.
+
+    They are not added to the blended table: there, as in every prediction table, a ``<label>`` column holds the
+    target (`medkit.data.predictions`), and a reader would take the decisions for the truth.
+    """
+    from medkit._io import write_csv
+
+    frame = members.ids.copy()
+    for j, label in enumerate(members.label_names):
+        frame[label] = decide(blended, thresholds)[:, j]
+    return write_csv(path, frame)

@@ -29,7 +29,7 @@ import numpy as np
 from medkit.errors import DataError, ImageReadError
 from medkit.io._checks import MAX_PIXELS, check_pixels
 from medkit.io.windows import FILE_WINDOWS, WINDOWS, check_window, fixed_window, parse_windows
-from medkit.parallel import pool_size
+from medkit.parallel import pool_size, process_pool
 
 __all__ = [
     "WINDOWS",
@@ -694,9 +694,7 @@ def dicom_headers(paths: Iterable[str | os.PathLike[str]], workers: int | None =
     if workers <= 1 or len(items) < 64:
         rows = [_header_row(p) for p in items]
     else:
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with process_pool(workers) as pool:  # workers die with this process; Ctrl-C stops them at once
             rows = list(pool.map(_header_row, items, chunksize=max(1, len(items) // (workers * 8))))
     if errors == "raise":
         for row in rows:

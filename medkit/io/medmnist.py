@@ -17,10 +17,47 @@ import numpy as np
 from medkit.errors import ImageReadError
 from medkit.io._checks import check_file
 
-__all__ = ["MEDMNIST_SPLITS", "load_medmnist", "medmnist_image_size"]
+__all__ = ["MEDMNIST_SPLITS", "MEDMNIST_LABELS", "load_medmnist", "medmnist_image_size", "medmnist_label_names"]
 
 #: The splits of a MedMNIST archive, in the order `load_medmnist` returns them.
 MEDMNIST_SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+_ORGAN = (
+    "bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver", "lung-left",
+    "lung-right", "pancreas", "spleen",
+)  # fmt: skip
+#: What each label value (single-label sets) or label column (chestmnist) of the 2-D MedMNIST v2 sets means, keyed
+#: by the file's flag; the .npz files carry no names (MedMNIST's published INFO table).
+MEDMNIST_LABELS: dict[str, tuple[str, ...]] = {
+    "pathmnist": (
+        "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle", "normal colon mucosa",
+        "cancer-associated stroma", "colorectal adenocarcinoma epithelium",
+    ),
+    "chestmnist": (
+        "atelectasis", "cardiomegaly", "effusion", "infiltration", "mass", "nodule", "pneumonia", "pneumothorax",
+        "consolidation", "edema", "emphysema", "fibrosis", "pleural", "hernia",
+    ),
+    "dermamnist": (
+        "actinic keratoses and intraepithelial carcinoma", "basal cell carcinoma", "benign keratosis-like lesions",
+        "dermatofibroma", "melanoma", "melanocytic nevi", "vascular lesions",
+    ),
+    "octmnist": ("choroidal neovascularization", "diabetic macular edema", "drusen", "normal"),
+    "pneumoniamnist": ("normal", "pneumonia"),
+    "retinamnist": ("grade 0", "grade 1", "grade 2", "grade 3", "grade 4"),
+    "breastmnist": ("malignant", "normal, benign"),
+    "bloodmnist": (
+        "basophil", "eosinophil", "erythroblast", "immature granulocytes", "lymphocyte", "monocyte", "neutrophil",
+        "platelet",
+    ),
+    "tissuemnist": (
+        "collecting duct, connecting tubule", "distal convoluted tubule", "glomerular endothelial cells",
+        "interstitial endothelial cells", "leukocytes", "podocytes", "proximal tubule segments",
+        "thick ascending limb",
+    ),
+    "organamnist": _ORGAN,
+    "organcmnist": _ORGAN,
+    "organsmnist": _ORGAN,
+}  # fmt: skip
 
 
 def load_medmnist(path: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -105,3 +142,15 @@ def medmnist_image_size(path: str | os.PathLike[str]) -> int | None:
     if len(shape) not in (3, 4) or shape[1] != shape[2]:
         return None
     return int(shape[1])
+
+
+def medmnist_label_names(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """The meaning of each label of a MedMNIST file, from its flag (``breastmnist_64.npz`` -> ``breastmnist``).
+
+    Returns:
+        One name per label value (single-label sets) or per label column (chestmnist); ``()`` for a file whose
+        name is not a 2-D MedMNIST flag.
+    """
+    stem = Path(path).stem.lower()
+    flag, _, size = stem.rpartition("_")
+    return MEDMNIST_LABELS.get(stem) or (MEDMNIST_LABELS.get(flag, ()) if size.isdigit() else ())

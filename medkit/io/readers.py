@@ -22,7 +22,15 @@ from typing import Any
 import numpy as np
 
 from medkit.errors import ImageReadError, UsageError
-from medkit.io._checks import MAX_PIXELS, check_file, check_pixels
+from medkit.io._checks import (
+    MAX_BYTES,
+    MAX_PIXELS,
+    check_bytes,
+    check_file,
+    check_pixels,
+    quiet_native_stderr,
+    quiet_tifffile,
+)
 from medkit.io.dicom import read_dicom_image
 from medkit.io.medmnist import load_medmnist, medmnist_image_size
 from medkit.registries import READERS
@@ -31,6 +39,8 @@ __all__ = [
     "rgb_order",
     "ImageReadError",
     "MAX_PIXELS",
+    "MAX_BYTES",
+    "png_header",
     "read_image",
     "detect_reader",
     "tiff_pages",
@@ -143,10 +153,18 @@ def read_image(path: str | os.PathLike[str], *, reader: str | None = None, **kw:
 
 
 # ---------------------------------------------------------------------------------------------- cv2 formats
-def _png_size(head: bytes) -> tuple[int, int] | None:
-    # IHDR is always the first chunk: width and height are big-endian uint32 at bytes 16..24.
-    if len(head) >= 24 and head[:8] == _PNG_MAGIC:
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # IHDR colour type -> channels OpenCV decodes it to
+
+
+def png_header(head: bytes) -> tuple[tuple[int, int], int, int] | None:
+    """``((height, width), channels, bytes per sample)`` of a PNG as OpenCV decodes it, from its first 26 bytes.
+
+    IHDR is always the first chunk: width and height are big-endian uint32 at bytes 16..24, then the bit depth and
+    the colour type. None when ``head`` is not a PNG header.
+    """
+    if len(head) >= 26 and head[:8] == _PNG_MAGIC:
+        size = (int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"))
+        return size, _PNG_CHANNELS.get(head[25], 4), 2 if head[24] == 16 else 1
     return None
 
 
@@ -155,18 +173,20 @@ def _read_cv2(path: Path, kind: str, max_pixels: int | None) -> np.ndarray:
 
     # imdecode on the bytes instead of imread: imread returns None silently on non-ASCII paths on some platforms.
     data = np.fromfile(path, dtype=np.uint8)
-    size = _png_size(data[:32].tobytes())
-    if size is not None:
-        check_pixels(path, size, max_pixels)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    header = png_header(data[:32].tobytes())
+    if header is not None:
+        check_pixels(path, header[0], max_pixels)
+        check_bytes(path, *header, max_pixels)
+    with quiet_native_stderr():  # libpng prints its own "libpng error: ..." line; the error below says it
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageReadError(
             f"{path}: cannot decode as {kind} (truncated or corrupt file)",
             hint="re-download or re-export the file; `medkit inspect FILE` shows what medkit sees",
         )
-    img = rgb_order(img)
     check_pixels(path, img.shape[:2], max_pixels)
-    return img
+    check_bytes(path, img.shape[:2], img.shape[2] if img.ndim == 3 else 1, img.dtype.itemsize, max_pixels)
+    return rgb_order(img, inplace=True)
 
 
 @READERS.register("png", suffixes=(".png",), magic=((0, _PNG_MAGIC),))
@@ -222,7 +242,7 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
 
     path = Path(path)
     try:
-        with tifffile.TiffFile(path) as tf:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tf:
             if page is not None:
                 if not 0 <= page < len(tf.pages):
                     raise ImageReadError(
@@ -231,6 +251,7 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
                     )
                 pg = tf.pages[page]
                 check_pixels(path, _planar(pg.shape, pg.axes), max_pixels, f"page {page}")
+                check_bytes(path, pg.shape, 1, pg.dtype.itemsize, max_pixels)
                 arr, axes = pg.asarray(), pg.axes
             else:
                 series = tf.series[0]
@@ -243,9 +264,11 @@ def read_tiff(path: Path, *, page: int | None = None, max_pixels: int | None = M
                 if same and not slide and len(series.shape) == len(pages[0].shape):
                     # Pages written one by one form one series each; equal pages are a stack (frames, slices).
                     check_pixels(path, (len(pages), *_planar(pages[0].shape, pages[0].axes)), max_pixels, "page stack")
+                    check_bytes(path, (len(pages), *pages[0].shape), 1, pages[0].dtype.itemsize, max_pixels)
                     arr, axes = tf.asarray(key=slice(None)), "I" + pages[0].axes
                 else:
                     check_pixels(path, _planar(shape, series.axes), max_pixels)
+                    check_bytes(path, shape, 1, series.dtype.itemsize, max_pixels)
                     arr, axes = series.asarray(), series.axes
     except ImageReadError:
         raise
@@ -304,6 +327,7 @@ def read_npy(path: Path, *, max_pixels: int | None = MAX_PIXELS) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
         check_pixels(path, arr.shape, max_pixels, "array")
+        check_bytes(path, arr.shape, 1, arr.dtype.itemsize, max_pixels)
         return np.array(arr)
     except ImageReadError:
         raise
@@ -366,15 +390,21 @@ def read_npz(
 READERS.register("dicom", read_dicom_image, suffixes=(".dcm", ".dicom", ".dic"), magic=((_DICOM_OFFSET, b"DICM"),))
 
 
-def rgb_order(img: np.ndarray) -> np.ndarray:
-    """An image OpenCV decoded (BGR / BGRA channel order) as medkit returns it: RGB / RGBA, one channel as (H, W)."""
+def rgb_order(img: np.ndarray, *, inplace: bool = False) -> np.ndarray:
+    """An image OpenCV decoded (BGR / BGRA channel order) as medkit returns it: RGB / RGBA, one channel as (H, W).
+
+    Args:
+        img: The decoded image.
+        inplace: Swap the channels in ``img``'s own buffer (a freshly decoded image nobody else holds): a large
+            colour image then costs no second copy.
+    """
     import cv2
 
     if img.ndim == 3:
         if img.shape[2] == 1:
             img = img[:, :, 0]
-        elif img.shape[2] == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif img.shape[2] == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+        elif img.shape[2] in (3, 4):
+            code = cv2.COLOR_BGR2RGB if img.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+            dst = img if inplace and img.flags.c_contiguous else None
+            img = cv2.cvtColor(img, code, dst=dst)
     return np.ascontiguousarray(img)

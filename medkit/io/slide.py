@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,19 @@ from typing import Any
 import numpy as np
 
 from medkit.errors import DataError, UsageError
+from medkit.io._checks import quiet_tifffile
 
-__all__ = ["Level", "Slide", "TiffSlide", "OpenSlideSlide", "open_slide", "choose_level", "SLIDE_SUFFIXES"]
+__all__ = [
+    "Level",
+    "Slide",
+    "TiffSlide",
+    "OpenSlideSlide",
+    "open_slide",
+    "choose_level",
+    "pyramid_problems",
+    "quiet_tifffile",
+    "SLIDE_SUFFIXES",
+]
 
 SLIDE_SUFFIXES: tuple[str, ...] = (".tif", ".tiff", ".svs")
 OPENSLIDE_SUFFIXES: tuple[str, ...] = (".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide")
@@ -132,6 +144,74 @@ def _mpp_from_page(page: Any) -> float | None:
     return mpp if 0.01 < mpp < 100 else None
 
 
+def _next_ifd(tif: Any, page: Any, size: int) -> int | None:
+    """The offset of the page after ``page`` as its IFD records it (0: it is the last page); None if unreadable."""
+    t = tif.tiff
+    fh = tif.filehandle
+    try:
+        with fh.lock:
+            fh.seek(page.offset)
+            raw = fh.read(t.tagnosize)
+            if len(raw) < t.tagnosize:
+                return None
+            (count,) = struct.unpack(t.tagnoformat, raw)
+            at = page.offset + t.tagnosize + count * t.tagsize
+            if at + t.offsetsize > size:
+                return None
+            fh.seek(at)
+            (nxt,) = struct.unpack(t.offsetformat, fh.read(t.offsetsize))
+        return int(nxt)
+    except (struct.error, OSError, AttributeError, ValueError):
+        return None
+
+
+def pyramid_problems(tif: Any, level_pages: list[Any]) -> list[str]:
+    """What makes an opened TIFF an incomplete slide: a page chain that points past the end of the file (the
+    pages after the cut, often whole pyramid levels, are gone) and level pages whose tiles end past it.
+
+    tifffile drops the pages it cannot reach with a log line only, so a cut pyramid looks like a complete slide with
+    fewer levels, and the wrong level would be tiled.
+
+    Args:
+        tif: The open ``tifffile.TiffFile``.
+        level_pages: The pages of the pyramid levels, full resolution first.
+
+    Returns:
+        One sentence per problem; empty for a complete file.
+    """
+    size = int(tif.filehandle.size)
+    problems: list[str] = []
+    pages = list(tif.pages)
+    if pages:
+        last = pages[-1]
+        nxt = _next_ifd(tif, last, size)
+        if nxt is None or nxt >= size or (nxt and nxt < 8):
+            shown = "unreadable" if nxt is None else f"at byte {nxt:,}"
+            problems.append(
+                f"the page chain breaks after page {len(pages) - 1}: the next page is {shown} but the file has "
+                f"{size:,} bytes, so pages (pyramid levels, label, macro) after it are missing"
+            )
+    for i, page in enumerate(level_pages):
+        ends = [int(o) + int(c) for o, c in zip(page.dataoffsets, page.databytecounts, strict=False) if c]
+        if ends and max(ends) > size:
+            cut = sum(e > size for e in ends)
+            problems.append(
+                f"level {i} ({page.shape[1]}x{page.shape[0]}): {cut} of {len(ends)} tiles or strips end past the end "
+                f"of the file ({max(ends):,} > {size:,} bytes)"
+            )
+    return problems
+
+
+def _check_pyramid(tif: Any, path: Path, level_pages: list[Any]) -> None:
+    """Raise when the slide file is cut short (`pyramid_problems`): tiling it would use the wrong level or data."""
+    problems = pyramid_problems(tif, level_pages)
+    if problems:
+        raise DataError(
+            f"{path}: the slide file is incomplete: " + "; ".join(problems),
+            hint="the file was cut short (an interrupted download or copy); download or copy it again",
+        )
+
+
 def _hwc(shape: tuple[int, ...], axes: str, path: Path) -> tuple[int, int, int]:
     if axes.endswith("YXS"):
         return int(shape[-3]), int(shape[-2]), int(shape[-1])
@@ -164,14 +244,18 @@ class TiffSlide(Slide):
 
         self.path = Path(path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
+            with quiet_tifffile():  # "invalid page offset" and friends: the checks below say it in medkit's words
+                self._tif = tifffile.TiffFile(self.path)
+                len(self._tif.pages)  # reads the whole page chain now, under the quiet logger
         except (OSError, ValueError, tifffile.TiffFileError, IndexError, KeyError) as exc:
             raise DataError(
                 f"{self.path}: not a readable TIFF/SVS slide ({type(exc).__name__}: {exc})",
                 hint="check the file is complete (re-download it) or convert it to a pyramidal TIFF",
             ) from exc
         try:
-            self._pages, self.levels, self.mpp = self._scan()
+            with quiet_tifffile():
+                self._pages, self.levels, self.mpp = self._scan()
+            _check_pyramid(self._tif, self.path, self._pages)
         except DataError:
             self._tif.close()
             raise

@@ -185,3 +185,33 @@ MODELS.add_prefix(
     list_names=_list_timm,
     description="any timm model (e.g. timm/convnext_tiny, timm/resnet50.a1_in1k) with medkit heads",
 )
+
+
+def _resolve_seq(rest: str) -> Callable[..., Any]:
+    from medkit.registries import SEQ_READERS
+
+    if not rest or rest not in SEQ_READERS:
+        raise KeyError(rest)
+
+    def factory(*, num_classes: int, in_chans: int = 3, pretrained: bool = False, **kw: Any) -> Any:
+        from medkit.models.sequence import build_sequence_model
+
+        return build_sequence_model(rest, num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kw)
+
+    factory.__name__ = f"seq/{rest}"
+    factory.__doc__ = f"sequence model: slice encoder + {rest} reader + per-slice head"
+    return factory
+
+
+def _list_seq(pattern: str) -> list[str]:
+    from medkit.registries import SEQ_READERS
+
+    return SEQ_READERS.names(pattern or "*")
+
+
+MODELS.add_prefix(
+    "seq",
+    resolve=_resolve_seq,
+    list_names=_list_seq,
+    description="sequence model over a CT series (seq/gru, seq/lstm, seq/transformer): CNN per slice + reader",
+)

@@ -15,7 +15,7 @@ from medkit.errors import DataError, UsageError
 from medkit.split._assign import assign_units
 from medkit.split._certificate import leakage_certificate
 from medkit.split._labels import LabelMatrix, label_matrix
-from medkit.split._units import Units, build_units, match_duplicates
+from medkit.split._units import DuplicateMatch, Units, build_units, match_duplicates
 
 __all__ = ["SplitResult", "parse_holdout", "split_table"]
 
@@ -33,6 +33,7 @@ class SplitResult:
         certificate: Leakage counts computed from ``fold`` alone (see `leakage_certificate`).
         group: The group column used, or None.
         unmatched_duplicates: Rows of the duplicates table whose image is not in the table.
+        duplicates: How the duplicates table was joined to the table (None without one).
         objective: Chi-square distance to the target counts after the greedy pass and after the local search.
     """
 
@@ -45,10 +46,11 @@ class SplitResult:
     group: str | None = None
     unmatched_duplicates: int = 0
     objective: dict[str, float] = field(default_factory=dict)
+    duplicates: DuplicateMatch | None = None
 
     @property
     def ok(self) -> bool:
-        """No group shared between folds, no duplicate cluster split, no empty fold."""
+        """No group shared between folds, no duplicate cluster split or left unplaced, no empty fold."""
         return all(v == 0 for v in self.certificate.values())
 
 
@@ -84,6 +86,7 @@ def split_table(
     seed: int = 42,
     passes: int = 20,
     size_weight: float = 1.0,
+    partial_duplicates: bool = False,
 ) -> SplitResult:
     """Split a table into K folds (or a train/val/test holdout) with groups and duplicate clusters kept whole.
 
@@ -101,6 +104,8 @@ def split_table(
         seed: Seed of the tie-breaks.
         passes: Local-search rounds.
         size_weight: Weight of equal fold sizes against even prevalence (see `assign_units`).
+        partial_duplicates: The table holds only part of the audited images: images of multi-image clusters that
+            match no row are not counted as ``duplicates_unplaced`` in the certificate.
 
     Returns:
         The split, its certificate and what the report needs.
@@ -116,15 +121,16 @@ def split_table(
     lm = _with_extra_labels(lm, extra_labels)
     images = df[image].to_numpy() if image is not None else np.arange(len(df))
     groups = df[group].to_numpy() if group is not None else None
-    clusters, unmatched = (None, 0)
-    if duplicates is not None:
-        clusters, unmatched = match_duplicates(images, duplicates)
+    dm = match_duplicates(images, duplicates) if duplicates is not None else None
+    clusters = dm.cluster if dm is not None else None
     units = build_units(images, groups, clusters)
     counts, sizes = _unit_totals(units, lm.values)
     unit_fold, stats = assign_units(counts, sizes, ratios, seed=seed, passes=passes, size_weight=size_weight)
     fold = unit_fold[units.of_row] if len(df) else np.zeros(0, np.int64)
     cert = leakage_certificate(fold, len(ratios), groups, clusters)
-    return SplitResult(fold, names, ratios, lm, units, cert, group, unmatched, stats)
+    cert["duplicates_unplaced"] = dm.unplaced if dm is not None and not partial_duplicates else 0
+    unmatched = dm.unmatched if dm is not None else 0
+    return SplitResult(fold, names, ratios, lm, units, cert, group, unmatched, stats, dm)
 
 
 def _targets(folds: int, holdout: np.ndarray | None) -> tuple[np.ndarray, list[str]]:

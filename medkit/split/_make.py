@@ -56,6 +56,8 @@ class SplitOptions:
         size_weight: Weight of equal fold sizes against even label prevalence.
         seed: Seed of the tie-breaks.
         out: Output table; None: ``<table stem>.folds.csv`` (``.split.csv`` with a holdout) next to the table.
+        partial_duplicates: The table holds only part of the images of ``duplicates``: images of multi-image
+            clusters that match no row are warned about instead of making the split fail.
     """
 
     n_folds: int = 5
@@ -72,6 +74,7 @@ class SplitOptions:
     size_weight: float = 1.0
     seed: int = 42
     out: Path | None = None
+    partial_duplicates: bool = False
 
 
 @dataclass
@@ -83,12 +86,14 @@ class LabelChoice:
         strata: Stratum columns (``a*b`` for a joint stratum).
         extra: Multi-hot columns expanded from ``labels_from`` (a DataFrame aligned with the table), or None.
         skipped: Detected numeric columns left out because they have more than `MAX_CLASSES` values.
+        constant: Detected label columns left out because they hold one value (all 0: nothing to balance).
     """
 
     columns: list[str]
     strata: list[str]
     extra: Any = None
     skipped: list[str] = field(default_factory=list)
+    constant: list[str] = field(default_factory=list)
 
     @property
     def names(self) -> list[str]:
@@ -148,20 +153,34 @@ def _group_column(spec: Any, group: str | None) -> str | None:
     group_col = None if group == "none" else spec.group
     if group is None and group_col:
         info(f"group column: '{group_col}' (detected; --group none to switch off)")
-    elif group_col is None:
+    elif group_col is None and group != "none":
         warn("no group column: each image is its own unit (pass --group COL when a patient has several images)")
     return group_col
 
 
-def _auto_labels(df: Any, spec: Any, group_col: str | None, strata: Sequence[str]) -> tuple[list[str], list[str]]:
-    """The detected numeric label columns, minus the group, the strata, the fold/split columns and constants."""
+def _auto_labels(
+    df: Any, spec: Any, group_col: str | None, strata: Sequence[str]
+) -> tuple[list[str], list[str], list[str]]:
+    """The detected numeric label columns, minus the group, the strata, the fold/split columns and constants.
+
+    Returns:
+        The columns to balance, those skipped for having too many values, and the constant ones (each warned).
+    """
     used = {group_col, spec.fold, spec.split, *(part for c in strata for part in joint_parts(c))}
     # A constant column (all 0, all True) has nothing to balance.
-    candidates = [c for c in spec.labels if c not in used and c != "fold" and df[c].nunique(dropna=False) > 1]
+    candidates = [c for c in spec.labels if c not in used and c != "fold"]
+    constant = [c for c in candidates if df[c].nunique(dropna=False) <= 1]
+    for c in constant:
+        value = df[c].iloc[0]
+        warn(
+            f"label column '{c}' is constant ({value} in all {len(df)} rows): nothing to balance; "
+            "a label with no positives often means rows were lost upstream (check the table against the images)"
+        )
+    candidates = [c for c in candidates if c not in constant]
     _, skipped = label_matrix(df, candidates, strict=False)
     if skipped:
         warn(f"not balanced (more than {MAX_CLASSES} values, not a label): {', '.join(skipped)}")
-    return [c for c in candidates if c not in skipped], skipped
+    return [c for c in candidates if c not in skipped], skipped, constant
 
 
 def _explicit_labels(label_cols: Sequence[str] | str | None) -> list[str]:
@@ -202,9 +221,10 @@ def choose_labels(df: Any, spec: Any, group_col: str | None, options: SplitOptio
         names = ", ".join(map(str, choice.extra.columns))
         info(f"'{options.labels_from}' expanded into {choice.extra.shape[1]} labels: {names}")
     if not explicit and auto:
-        choice.columns, choice.skipped = _auto_labels(df, spec, group_col, strata)
+        choice.columns, choice.skipped, choice.constant = _auto_labels(df, spec, group_col, strata)
     if not choice.columns and choice.extra is None and not strata:
-        warn("no label columns found: only fold sizes are balanced (name them with --label-cols or --labels-from)")
+        what = "no label column left to balance" if choice.constant else "no label columns found"
+        warn(f"{what}: only fold sizes are balanced (name them with --label-cols or --labels-from)")
     return choice
 
 
@@ -227,13 +247,67 @@ def read_duplicates(path: str | os.PathLike[str]) -> Any:
 
 
 def _warn_merges(result: SplitResult, options: SplitOptions, table: Path, group_col: str | None) -> None:
-    if result.unmatched_duplicates:
-        warn(f"{options.duplicates}: {result.unmatched_duplicates} rows name an image that is not in {table}; ignored")
+    dm = result.duplicates
+    if dm is not None:
+        for line in dm.notes:
+            info(f"{options.duplicates}: {line}")
+        if dm.unplaced and not options.partial_duplicates:
+            warn(
+                f"{options.duplicates}: {dm.unplaced} image(s) of duplicate clusters match no row of {table} "
+                f"(e.g. {', '.join(dm.unplaced_examples)}): their clusters cannot be kept whole; nothing is written "
+                "(pass the table the audit saw, or --partial-duplicates when the table holds only part of the images)"
+            )
+        elif result.unmatched_duplicates:
+            warn(
+                f"{options.duplicates}: {result.unmatched_duplicates} rows name an image that is not in {table}; "
+                "ignored"
+            )
     if result.units.merged_units:
         warn(
             f"{result.units.merged_units} units merge several '{group_col}' groups because "
             f"{result.units.conflicting_clusters} duplicate clusters span groups; each unit stays in one fold"
         )
+
+
+def _warn_conflicts(df: Any, spec: Any, choice: LabelChoice, table: Path) -> None:
+    """Warn about ids listed more than once with different labels (kept in one fold, but trained on twice)."""
+    from medkit.data.table import describe_conflicts, duplicate_id_conflicts
+
+    cols = [c for c in choice.columns if c in df.columns]
+    conflicts = duplicate_id_conflicts(df, spec.image, cols)
+    if conflicts:
+        warn(
+            f"{table}: {describe_conflicts(conflicts, df, cols)}; they stay in one fold, but a model trained on "
+            "the table sees both labels (`medkit audit --labels` lists them as duplicate_id_conflict)"
+        )
+
+
+def _certify_written(
+    target: Path, fold_col: str, result: SplitResult, image: str | None, duplicates: Any, options: SplitOptions
+) -> dict[str, int]:
+    """The leakage certificate recomputed from the written file: its fold column, groups and duplicate clusters."""
+    import pandas as pd
+
+    from medkit.split._certificate import leakage_certificate
+    from medkit.split._units import match_duplicates
+
+    # Read back as text (parquet keeps its types): ids and groups are compared as they were written.
+    if target.name.lower().endswith((".parquet", ".pq")):
+        written = pd.read_parquet(target)
+    else:
+        written = pd.read_csv(target, dtype=str)  # save_table writes CSV whatever the suffix
+    names = {n: i for i, n in enumerate(result.fold_names)}
+    fold = np.array([names[str(v)] for v in written[fold_col].tolist()], dtype=np.int64)
+    groups = written[result.group].to_numpy() if result.group else None
+    clusters = None
+    unplaced = 0
+    if duplicates is not None:
+        images = written[image].to_numpy() if image is not None else np.arange(len(written))
+        dm = match_duplicates(images, duplicates)
+        clusters, unplaced = dm.cluster, (0 if options.partial_duplicates else dm.unplaced)
+    cert = leakage_certificate(fold, len(result.fold_names), groups, clusters)
+    cert["duplicates_unplaced"] = unplaced
+    return cert
 
 
 def _write_folds(df: Any, result: SplitResult, target: Path, fold_col: str) -> Path:
@@ -266,7 +340,11 @@ def make_split(table: str | os.PathLike[str], options: SplitOptions | None = Non
 
     start = time.perf_counter()
     options = options or SplitOptions()
+    from medkit._io import refuse_overwrite_inputs
+
     table = Path(table)
+    target = options.out or default_output(table, options.holdout is not None)
+    refuse_overwrite_inputs([target], [table, options.duplicates])
     df, converted = _read_table(table, options.rsna_long)
     ratios = parse_holdout(options.holdout) if options.holdout else None
     group_arg = None if options.group in (None, "none", "") else options.group
@@ -277,6 +355,7 @@ def make_split(table: str | os.PathLike[str], options: SplitOptions | None = Non
     group_col = _group_column(spec, options.group)
     choice = choose_labels(df, spec, group_col, options, table)
     duplicates = read_duplicates(options.duplicates) if options.duplicates is not None else None
+    _warn_conflicts(df, spec, choice, table)
     fold_col = "split" if ratios is not None else "fold"
     if fold_col in df.columns:
         warn(f"{table}: the existing '{fold_col}' column is replaced in the output")
@@ -293,11 +372,16 @@ def make_split(table: str | os.PathLike[str], options: SplitOptions | None = Non
         seed=options.seed,
         passes=options.passes,
         size_weight=options.size_weight,
+        partial_duplicates=options.partial_duplicates,
     )
     _warn_merges(result, options, table, group_col)
     written = None
     if result.ok:
-        written = _write_folds(df, result, options.out or default_output(table, ratios is not None), fold_col)
+        written = _write_folds(df, result, target, fold_col)
+        result.certificate = _certify_written(written, fold_col, result, spec.image, duplicates, options)
+        if not result.ok:  # what was written is not what was planned: never leave it for training
+            written.unlink()
+            written = None
     report = build_report(
         result,
         table,

@@ -67,6 +67,8 @@ class CertificateReport:
         merged_units: Units holding several groups because a duplicate cluster joined them.
         conflicting_clusters: Duplicate clusters whose images belong to several groups.
         unmatched_duplicates: Rows of the duplicates table whose image is not in the table.
+        duplicates_unplaced: Images of multi-image duplicate clusters that match no row of the table (the split
+            cannot keep their cluster whole; 0 with ``--partial-duplicates``).
     """
 
     groups_shared: int
@@ -75,6 +77,7 @@ class CertificateReport:
     merged_units: int
     conflicting_clusters: int
     unmatched_duplicates: int
+    duplicates_unplaced: int = 0
 
 
 @dataclass(frozen=True)

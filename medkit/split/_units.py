@@ -6,14 +6,14 @@ numpy (and pandas and scipy inside functions), not torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from medkit.errors import DataError
 
-__all__ = ["Units", "build_units", "match_duplicates", "key_codes", "distinct_per_key"]
+__all__ = ["Units", "DuplicateMatch", "build_units", "match_duplicates", "key_codes", "distinct_per_key"]
 
 
 @dataclass
@@ -108,21 +108,45 @@ def build_units(images: Any, groups: Any = None, clusters: Any = None) -> Units:
     return Units(of_row, count, merged, conflicting)
 
 
-def match_duplicates(images: Any, duplicates: Any) -> tuple[np.ndarray, int]:
-    """Per-row duplicate cluster from a duplicates table, images matched by path, then file name, then stem.
+@dataclass
+class DuplicateMatch:
+    """The duplicates table of ``medkit audit`` joined to the table being split.
+
+    Attributes:
+        cluster: Per row of the table, its duplicate cluster (object array, None where none).
+        unmatched: Rows of the duplicates table whose image matches no row of the table.
+        unplaced: Of those, the ones whose cluster holds two or more images (a duplicate the split cannot see).
+        unplaced_examples: Up to five such images.
+        notes: One line per join rule other than an exact path that was needed (``image id 7 -> 007.png ...``).
+    """
+
+    cluster: np.ndarray
+    unmatched: int = 0
+    unplaced: int = 0
+    unplaced_examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def match_duplicates(images: Any, duplicates: Any) -> DuplicateMatch:
+    """Per-row duplicate cluster from a duplicates table, images joined by the rules of `medkit.data.table.FileIndex`.
+
+    The table's ids are matched to the duplicates table's images by relative path, then file name, then stem,
+    then zero-padded stem (``7`` -> ``007.png``), then stem with another image suffix -- the rules every command
+    joins a table to files with.
 
     Args:
         images: Per-row image key of the table being split.
         duplicates: DataFrame with columns ``image`` and ``cluster`` (``medkit audit`` output).
 
     Returns:
-        The cluster of every row (object array, None where none) and the number of duplicates rows whose image
-        is not in the table.
+        The `DuplicateMatch`.
 
     Raises:
-        DataError: When the duplicates table lacks ``image`` or ``cluster``.
+        DataError: When the duplicates table lacks ``image`` or ``cluster``, or an id matches two of its images.
     """
     import pandas as pd
+
+    from medkit.data.table import FileIndex, ambiguity_error, id_text, join_ids
 
     for col in ("image", "cluster"):
         if col not in duplicates.columns:
@@ -130,26 +154,30 @@ def match_duplicates(images: Any, duplicates: Any) -> tuple[np.ndarray, int]:
                 f"the duplicates table has no '{col}' column (columns: {', '.join(map(str, duplicates.columns))})",
                 hint="pass the duplicates.csv written by `medkit audit --out`, with columns image and cluster",
             )
-    dup = duplicates.dropna(subset=["image", "cluster"])
-    dup_img = dup["image"].astype(str)
-    dup_clu = dup["cluster"].astype(str)
-    table_img = pd.Series(images).astype(str)
-
-    def name(s: Any) -> Any:
-        return s.str.replace("\\", "/", regex=False).str.rsplit("/", n=1).str[-1]
-
-    def stem(s: Any) -> Any:
-        return name(s).str.replace(r"\.(png|jpe?g|tiff?|dcm|dicom|npy|npz|bmp|webp)$", "", regex=True, case=False)
-
-    cluster = pd.Series([None] * len(table_img), dtype=object)
+    dup = duplicates.dropna(subset=["image", "cluster"]).reset_index(drop=True)
+    dup_img = [id_text(v) or "" for v in dup["image"].tolist()]
+    dup_clu = [id_text(v) for v in dup["cluster"].tolist()]
+    join = join_ids(pd.DataFrame({"image": list(images)}), "image", FileIndex(dup_img))
+    if join.ambiguous:
+        raise ambiguity_error(join, "the duplicates table")
+    cluster = np.array([dup_clu[i] if i is not None else None for i in join.index], dtype=object)
     matched = np.zeros(len(dup), dtype=bool)
-    for key in (lambda s: s, name, stem):
-        lookup = pd.Series(dup_clu.to_numpy(), index=key(dup_img).to_numpy())
-        lookup = lookup[~lookup.index.duplicated()]
-        todo = cluster.isna().to_numpy()
-        hit = key(table_img[todo]).map(lookup)
-        cluster[todo] = hit.to_numpy()
-        matched |= key(dup_img).isin(key(table_img)).to_numpy()
-        if not cluster.isna().any():
-            break
-    return cluster.to_numpy(), int((~matched).sum())
+    matched[[i for i in join.index if i is not None]] = True
+    size = pd.Series(dup_clu).map(pd.Series(dup_clu).value_counts()).to_numpy() if len(dup) else np.zeros(0)
+    # Images the audit left out of labels_clean.csv on purpose (an exact duplicate's second copy, a blank image)
+    # have no row to place: the copy that has one is placed, and nothing of the cluster can reach another fold.
+    if "audit_reason" in dup.columns:
+        left_out = dup["audit_reason"].fillna("").astype(str).str.strip().to_numpy() != ""
+    else:
+        left_out = np.zeros(len(dup), dtype=bool)
+    lost = np.flatnonzero(~matched & (size > 1) & ~left_out)
+    notes = join.notes(dup_img)
+    if (n_out := int((~matched & left_out).sum())) > 0:
+        notes.append(f"{n_out} image(s) the audit left out of the clean table (column audit_reason) are not asked for")
+    return DuplicateMatch(
+        cluster=cluster,
+        unmatched=int((~matched & ~left_out).sum()),
+        unplaced=len(lost),
+        unplaced_examples=[dup_img[i] for i in lost[:5]],
+        notes=notes,
+    )

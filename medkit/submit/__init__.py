@@ -5,7 +5,8 @@
   writes it;
 - `submit_file`, `list_submissions`, `download_files` and `push_kernel_bundle` talk to Kaggle (`find_credentials`
   first; the ``kaggle`` client is imported only inside them);
-- `build_kernel_bundle` writes the offline notebook + weights dataset of a code competition.
+- `build_kernel_bundle` writes the offline notebook + weights dataset of a code competition (`check_kernel_runs`
+  first: the runs, their masks, the tiling of whole-slide runs, `tile_options`).
 
 This package never imports the engine or the CLI; pandas, numpy and kaggle load inside the functions.
 """
@@ -26,8 +27,18 @@ from medkit.submit._client import (
     push_kernel_bundle,
     submit_file,
 )
-from medkit.submit._kernel import KernelBundle, build_kernel_bundle, expected_dependencies, kernel_script, run_files
+from medkit.submit._kernel import (
+    KernelBundle,
+    KernelRuns,
+    build_kernel_bundle,
+    check_kernel_runs,
+    expected_dependencies,
+    kernel_script,
+    run_files,
+    sub_runs,
+)
 from medkit.submit._prepare import PreparedSubmission, prepare_submission, read_input, read_sample
+from medkit.submit._tiling import tile_options
 from medkit.submit._validate import Problem, ValidationReport, clip_probabilities, validate_submission
 from medkit.submit._write import Converted, target_sources, to_submission
 
@@ -37,6 +48,7 @@ __all__ = [
     "CredentialsError",
     "KernelBundle",
     "KernelPush",
+    "KernelRuns",
     "PreparedSubmission",
     "Problem",
     "SubmissionInfo",
@@ -44,6 +56,7 @@ __all__ = [
     "SubmitResult",
     "ValidationReport",
     "build_kernel_bundle",
+    "check_kernel_runs",
     "clip_probabilities",
     "download_files",
     "expected_dependencies",
@@ -56,8 +69,10 @@ __all__ = [
     "read_input",
     "read_sample",
     "run_files",
+    "sub_runs",
     "submit_file",
     "target_sources",
+    "tile_options",
     "to_submission",
     "validate_submission",
 ]

@@ -16,7 +16,7 @@ from medkit.errors import UsageError
 from medkit.registries import TASKS
 from medkit.target import TARGETS
 
-__all__ = ["Task", "TARGET_KINDS", "task_fields"]
+__all__ = ["Task", "TARGET_KINDS", "task_fields", "parse_label_groups", "Recipe", "RECIPES", "recipe"]
 
 TARGET_KINDS = tuple(TARGETS)
 
@@ -52,6 +52,10 @@ class Task:
         std: Normalisation std per channel.
         augment: Keyword arguments for `medkit.data.augment.AugmentConfig` (normalisation comes from mean/std).
         group_aware: Whether rows of one patient/series must stay together (folds, OOF).
+        context: Slices per 2.5D stack (odd): each slice with its ``context // 2`` neighbours on each side of its
+            CT series as input channels (`medkit.data.context`); 1 = single slices.
+        context_mode: ``all`` (every slice in every window) or ``middle`` (the centre slice in every window, its
+            neighbours in the first window only).
     """
 
     name: str = "binary"
@@ -78,6 +82,8 @@ class Task:
     std: tuple[float, ...] = (0.5,)
     augment: dict[str, Any] = field(default_factory=dict)
     group_aware: bool = False
+    context: int = 1
+    context_mode: str = "all"
 
     def __post_init__(self) -> None:
         if self.target not in TARGET_KINDS:
@@ -86,6 +92,10 @@ class Task:
             raise UsageError(f"task '{self.name}': heads must be 'single' or 'groups', not '{self.heads}'")
         if self.in_chans < 1:
             raise UsageError(f"task '{self.name}': in_chans must be at least 1, not {self.in_chans}")
+        if self.context != 1 or self.context_mode != "all":
+            from medkit.data.context import check_context
+
+            check_context(self.context, self.context_mode)
 
     def with_(self, **overrides: Any) -> Task:
         """A copy with the given fields changed; None values keep the preset's value.
@@ -100,6 +110,10 @@ class Task:
         if bad:
             raise UsageError(f"task '{self.name}' has no field {bad[0]!r}", hint=f"fields: {', '.join(sorted(known))}")
         changes = {k: v for k, v in overrides.items() if v is not None}
+        if isinstance(changes.get("heads"), str) and "=" in changes["heads"]:
+            changes["label_groups"] = parse_label_groups(changes["heads"])
+            changes["heads"] = "groups"
+            changes.setdefault("labels", tuple(c for cols in changes["label_groups"].values() for c in cols))
         for key in ("labels", "mean", "std"):
             if key in changes and isinstance(changes[key], str):
                 changes[key] = tuple(s.strip() for s in changes[key].split(",") if s.strip())
@@ -129,6 +143,35 @@ class Task:
         if "label_groups" in kw and kw["label_groups"]:
             kw["label_groups"] = {g: tuple(c) for g, c in kw["label_groups"].items()}
         return cls(**kw)
+
+
+def parse_label_groups(text: str) -> dict[str, tuple[str, ...]]:
+    """Label groups from ``--heads "NAME=COL,COL;NAME=COL"`` (one head per group, groups in this order).
+
+    Raises:
+        UsageError: An item without ``=``, an empty group, or a column named twice.
+    """
+    groups: dict[str, tuple[str, ...]] = {}
+    seen: set[str] = set()
+    for item in (part.strip() for part in text.split(";")):
+        if not item:
+            continue
+        name, sep, cols = item.partition("=")
+        columns = tuple(c.strip() for c in cols.split(",") if c.strip())
+        if not sep or not name.strip() or not columns:
+            raise UsageError(
+                f"--heads: '{item}' is not NAME=COL,COL",
+                hint='e.g. --heads "ETT=ETT - Abnormal,ETT - Normal;NGT=NGT - Normal,NGT - Abnormal"',
+            )
+        twice = [c for c in columns if c in seen]
+        if twice or name.strip() in groups:
+            what = f"column '{twice[0]}'" if twice else f"group '{name.strip()}'"
+            raise UsageError(f"--heads: {what} is named twice", hint="each label column belongs to one group")
+        seen.update(columns)
+        groups[name.strip()] = columns
+    if not groups:
+        raise UsageError("--heads: no label group given", hint="NAME=COL,COL;NAME=COL")
+    return groups
 
 
 def task_fields() -> set[str]:
@@ -252,3 +295,72 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 for _name, _defaults in _PRESETS.items():
     TASKS.register(_name, _preset(_name, **_defaults), description=_defaults["description"], target=_defaults["target"])
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A recommended training recipe: task-field overrides plus run settings, chosen by ``medkit train --recipe``.
+
+    A recipe sits between the task preset and the flags: ``medkit train binary --recipe small-image --epochs 60``
+    takes the ``binary`` preset, then the recipe's fields, then ``--epochs``.
+
+    Attributes:
+        name: Name given to ``--recipe``.
+        description: One line for the help and the docs.
+        task: Task fields the recipe sets (`Task.with_` keywords).
+        ema: Keep an EMA of the weights (evaluated and saved instead of the raw weights).
+        ema_decay: EMA decay per optimizer step.
+        tta: Test-time views recommended for ``medkit predict --tta`` with runs of this recipe.
+    """
+
+    name: str
+    description: str
+    task: dict[str, Any] = field(default_factory=dict)
+    ema: bool = False
+    ema_decay: float = 0.999
+    tta: str = ""
+
+
+# Chosen on the BreastMNIST validation split (benchmarks/quality.py, docs/quality.md), never on its test split. No EMA:
+# with decay 0.99 its BatchNorm statistics did not fit its averaged weights (validation AUC 0.68 vs 0.92 raw).
+RECIPES: dict[str, Recipe] = {
+    "small-image": Recipe(
+        name="small-image",
+        description="28-64 px images (MedMNIST): CIFAR-stem ResNet-18, flips + small affine, AdamW, cosine",
+        task=dict(
+            model="resnet18_cifar",
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=5e-4,
+            scheduler="cosine",
+            epochs=15,
+            batch_size=32,
+            mean=(0.5,),
+            std=(0.5,),
+            augment={
+                "hflip": 0.5,
+                "affine_p": 0.8,
+                "rotate": 10.0,
+                "scale": (0.9, 1.1),
+                "translate": 0.0625,
+                "padding": "reflection",
+            },
+        ),
+        tta="hflip",
+    ),
+}
+
+
+def recipe(name: str) -> Recipe:
+    """The recipe called ``name``.
+
+    Raises:
+        UnknownNameError: For a name that is not a recipe (with a suggestion).
+    """
+    from medkit.errors import UnknownNameError, did_you_mean
+
+    if name not in RECIPES:
+        raise UnknownNameError(
+            f"unknown recipe '{name}'{did_you_mean(name, RECIPES)}", hint=f"recipes: {', '.join(RECIPES)}"
+        )
+    return RECIPES[name]

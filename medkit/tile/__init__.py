@@ -36,7 +36,7 @@ from medkit.tile._run import (
 from medkit.tile._score import TISSUE_METHODS, otsu_saturation, score_slide_level, score_tiles, tissue_mask
 from medkit.tile._select import select_tiles
 from medkit.tile._slide import INDEX_VERSION, SlideResult, TileOptions, find_mask, slide_id_of, tile_slide
-from medkit.tile._table import TilesTable, attach_labels, tiles_frame, write_tiles_table
+from medkit.tile._table import SlideLabels, TilesTable, attach_labels, read_labels, tiles_frame, write_tiles_table
 
 __all__ = [
     "Grid",
@@ -47,6 +47,7 @@ __all__ = [
     "SlideSummary",
     "FailedSlide",
     "TilesTable",
+    "SlideLabels",
     "INDEX_VERSION",
     "FORMATS",
     "TISSUE_METHODS",
@@ -72,6 +73,7 @@ __all__ = [
     "write_outputs",
     "tiles_frame",
     "attach_labels",
+    "read_labels",
     "write_tiles_table",
     "summarize",
 ]

@@ -5,17 +5,19 @@ Every file is written atomically. This module imports numpy and cv2 (inside func
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medkit._io import atomic_write
+from medkit._io import atomic_write, output_error
 from medkit.errors import DataError
 from medkit.tile._grid import Grid, make_mosaic
 
-__all__ = ["FORMATS", "SlideTiles", "write_outputs"]
+__all__ = ["FORMATS", "SlideTiles", "write_outputs", "raise_if_output_error"]
 
 FORMATS = ("png", "npz", "none")
 
@@ -43,6 +45,33 @@ class SlideTiles:
     chosen: np.ndarray
     tiles: np.ndarray
     masks: np.ndarray | None = None
+
+
+#: Write errors that no other slide can escape: stop the run instead of failing slide after slide.
+_FATAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def raise_if_output_error(exc: BaseException, out: str | os.PathLike[str]) -> None:
+    """Raise a `DataError` that blames the output when ``exc`` failed to write under ``out`` (or filled the disk).
+
+    `medkit.tile.tile_slide` calls it before reporting a slide as failed: a full disk or a folder that cannot be
+    written is not the slide's fault, and it would fail every other slide too.
+
+    Raises:
+        DataError: Naming the output file or folder.
+    """
+    if not isinstance(exc, OSError):
+        return
+    name = getattr(exc, "filename", None)
+    under = False
+    if isinstance(name, str | bytes | os.PathLike):
+        try:
+            Path(os.path.abspath(os.fsdecode(name))).relative_to(os.path.abspath(out))
+            under = True
+        except ValueError:
+            under = False
+    if under or exc.errno in _FATAL_ERRNOS:
+        raise output_error(os.fsdecode(name) if under else out, exc, "tile output") from exc
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:

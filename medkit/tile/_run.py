@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from medkit._names import escape_text
 from medkit.errors import DataError, UsageError
-from medkit.parallel import pool_size, usable_cores
+from medkit.parallel import pool_size, process_pool, usable_cores
 from medkit.tile._outputs import FORMATS
 from medkit.tile._score import TISSUE_METHODS
 from medkit.tile._slide import SlideResult, TileOptions, slide_id_of, tile_slide
@@ -126,18 +127,16 @@ def find_slides(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
 def _in_pool(
     paths: Sequence[Path], opts: TileOptions, workers: int, on_result: Callable[[SlideResult], None]
 ) -> list[SlideResult]:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import as_completed
 
     results = []
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # Ctrl-C (or an error) cancels the slides not started and terminates the workers (medkit.parallel.stop_pool);
+    # a slide cut short has no done marker, so the next run redoes it.
+    with process_pool(workers) as pool:
         futures = [pool.submit(tile_slide, p, opts) for p in paths]
-        try:
-            for fut in as_completed(futures):
-                results.append(fut.result())
-                on_result(results[-1])
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+        for fut in as_completed(futures):
+            results.append(fut.result())
+            on_result(results[-1])
     return results
 
 
@@ -253,7 +252,7 @@ def summarize(
         slides=len(results),
         tiled=sum(r.status == "done" for r in results),
         skipped=sum(r.status == "skipped" for r in results),
-        failed=[FailedSlide(r.path, r.message) for r in results if r.status == "failed"],
+        failed=[FailedSlide(escape_text(r.path), escape_text(r.message)) for r in results if r.status == "failed"],
         labels=list(labels),
         per_slide=[
             SlideSummary(r.slide_id, r.status, r.level, r.n_tissue, r.reused_index, round(r.seconds, 3))

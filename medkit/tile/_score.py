@@ -160,7 +160,8 @@ def score_slide_level(
         threads = 1
     if lv.height * lv.width * channels <= max_level_bytes:
         img = drop_alpha(slide.read_level(level, threads))
-        score, tissue, thr = score_tiles(img, grid, method, white_threshold, otsu_thr, threads=threads)
+        view = as_8bit(img, data_bits(img)) if img.dtype != np.uint8 else img
+        score, tissue, thr = score_tiles(view, grid, method, white_threshold, otsu_thr, threads=threads)
         return grid, score, tissue, thr, img
     if method == "otsu" and otsu_thr is None:
         raise DataError(
@@ -172,6 +173,42 @@ def score_slide_level(
     return grid, score, tissue, thr, None
 
 
+def data_bits(img: np.ndarray) -> int:
+    """The bit depth the pixel values use (8, 10, 12, 14 or 16): a 12-bit scan in a 16-bit TIFF is 12-bit."""
+    top = int(img.max()) if img.size else 0
+    for bits in (8, 10, 12, 14, 16):
+        if top <= (1 << bits) - 1:
+            return bits
+    return int(8 * img.dtype.itemsize)
+
+
+def as_8bit(img: np.ndarray, bits: int) -> np.ndarray:
+    """A wide-integer level on 0..255 over its real depth (``bits``): the white rule and the padding's 255 then mean
+    the same as on an 8-bit slide (a 16-bit slide's padding would otherwise be the darkest, most "tissue-rich" tile).
+    """
+    import cv2
+
+    scale = 255.0 / ((1 << bits) - 1)
+    if img.dtype in (np.uint16, np.int16, np.float32, np.float64) or img.dtype == np.uint8:
+        return cv2.convertScaleAbs(img, alpha=scale)
+    return np.clip(np.round(img.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+def _pad_white(band: np.ndarray, grid: Grid, row: int) -> None:
+    """Set the part of a band read outside the level to white (255) after the 8-bit scaling."""
+    top = grid.top + row * grid.size
+    y0, y1 = max(0, -top), min(grid.size, grid.height - top)
+    x0, x1 = max(0, -grid.left), min(band.shape[1], grid.width - grid.left)
+    if y0 > 0:
+        band[:y0] = 255
+    if y1 < grid.size:
+        band[max(y1, 0) :] = 255
+    if x0 > 0:
+        band[:, :x0] = 255
+    if x1 < band.shape[1]:
+        band[:, max(x1, 0) :] = 255
+
+
 def _score_by_bands(
     slide: Slide, level: int, grid: Grid, method: str, white_threshold: int, otsu_thr: float | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -179,8 +216,14 @@ def _score_by_bands(
     size = grid.size
     scores, tissues = [], []
     band_grid = Grid(1, grid.cols, 0, 0, size, size, grid.cols * size)
+    bits = None
     for r in range(grid.rows):
-        band = drop_alpha(slide.read_region(level, grid.top + r * size, grid.left, size, grid.cols * size, fill=255))
+        band = drop_alpha(slide.read_region(level, grid.top + r * size, grid.left, size, grid.cols * size, fill=0))
+        if band.dtype != np.uint8:
+            # The depth of the whole slide (from its smallest level), so every band is scaled alike.
+            bits = bits or data_bits(drop_alpha(slide.read_level(slide.levels[-1].index)))
+            band = as_8bit(band, bits)
+        _pad_white(band, grid, r)
         s, t, _ = score_tiles(band, band_grid, method, white_threshold, otsu_thr)
         scores.append(s)
         tissues.append(t)

@@ -24,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from medkit._io import write_json
+from medkit._names import escape_name
 from medkit.errors import DataError, UsageError
 from medkit.io.slide import Slide, choose_level, open_slide
 from medkit.tile._grid import Grid, cut_tile, drop_alpha
-from medkit.tile._outputs import SlideTiles, write_outputs
+from medkit.tile._outputs import SlideTiles, raise_if_output_error, write_outputs
 from medkit.tile._score import score_slide_level
 from medkit.tile._select import select_tiles
 
@@ -37,8 +38,9 @@ INDEX_VERSION = 1
 
 
 def slide_id_of(path: str | os.PathLike[str]) -> str:
-    """The slide id: the file name without its suffix (and without ``.ome`` for OME-TIFF)."""
-    name = Path(path).name
+    """The slide id: the file name without its suffix (and without ``.ome`` for OME-TIFF), in the lossless UTF-8
+    form of `medkit._names.escape_name` (bytes that are not UTF-8 as ``\\xNN``): it names output files and rows."""
+    name = escape_name(Path(path).name)
     stem = name[: -len(Path(name).suffix)] if Path(name).suffix else name
     return stem[:-4] if stem.lower().endswith(".ome") else stem
 
@@ -205,7 +207,8 @@ def tile_slide(path: str | os.PathLike[str], opts: TileOptions) -> SlideResult:
         result = SlideResult(sid, str(path), "failed", exc.message, exc.hint or "")
     except (UsageError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # a corrupt slide must not stop the other slides
+    except Exception as exc:  # a corrupt slide must not stop the other slides...
+        raise_if_output_error(exc, opts.out)  # ...but an output that cannot be written stops the run
         result = SlideResult(sid, str(path), "failed", f"{path}: {type(exc).__name__}: {exc}", "check the file")
     result.seconds = time.perf_counter() - start
     return result

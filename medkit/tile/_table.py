@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from medkit._io import output_error
 from medkit.console import warn
 from medkit.errors import UsageError
 from medkit.tile._slide import SlideResult, slide_id_of
 
-__all__ = ["TilesTable", "tiles_frame", "attach_labels", "write_tiles_table"]
+__all__ = ["TilesTable", "SlideLabels", "read_labels", "tiles_frame", "attach_labels", "write_tiles_table"]
 
 # Columns medkit tile writes itself; a label column with one of these names would be ambiguous.
 OWN_COLUMNS = frozenset(
@@ -53,15 +54,23 @@ def tiles_frame(results: Sequence[SlideResult]) -> Any:
     return frame
 
 
-def attach_labels(frame: Any, labels_path: str | os.PathLike[str]) -> tuple[Any, list[str], list[str]]:
-    """Left-join a label table on the slide id.
+@dataclass
+class SlideLabels:
+    """A label table read and checked before any slide is tiled.
 
-    Args:
-        frame: Rows from `tiles_frame`.
-        labels_path: Label table (PANDA ``train.csv``) with a slide id column (see ``ID_COLUMNS``).
+    Attributes:
+        path: The table file.
+        frame: One row per slide id: ``slide_id`` and the label columns (pandas DataFrame).
+        columns: The label columns.
+    """
 
-    Returns:
-        The joined frame, the label columns and the slides without a label row.
+    path: str
+    frame: Any
+    columns: list[str]
+
+
+def read_labels(labels_path: str | os.PathLike[str]) -> SlideLabels:
+    """Read a slide label table (PANDA ``train.csv``) and find its slide id column, before the slides are tiled.
 
     Raises:
         UsageError: When the label table has no slide id column.
@@ -83,23 +92,43 @@ def attach_labels(frame: Any, labels_path: str | os.PathLike[str]) -> tuple[Any,
     if clash:
         warn(f"{labels_path}: columns {', '.join(clash)} clash with medkit tile's own columns and are left out")
         labels = labels.drop(columns=clash)
-    label_cols = [c for c in labels.columns if c != "slide_id"]
+    return SlideLabels(str(labels_path), labels, [c for c in labels.columns if c != "slide_id"])
+
+
+def attach_labels(frame: Any, labels: SlideLabels | str | os.PathLike[str]) -> tuple[Any, list[str], list[str]]:
+    """Left-join a label table on the slide id.
+
+    Args:
+        frame: Rows from `tiles_frame`.
+        labels: The table from `read_labels`, or its path (PANDA ``train.csv``, a slide id column as in
+            ``ID_COLUMNS``).
+
+    Returns:
+        The joined frame, the label columns and the slides without a label row.
+
+    Raises:
+        UsageError: When the label table has no slide id column.
+        DataError: When the label table cannot be read.
+    """
+    table = labels if isinstance(labels, SlideLabels) else read_labels(labels)
     if frame.empty:
-        return frame, label_cols, []
-    merged = frame.merge(labels, on="slide_id", how="left")
-    missing = sorted(set(frame["slide_id"]) - set(labels["slide_id"]))
-    return merged, label_cols, missing
+        return frame, table.columns, []
+    merged = frame.merge(table.frame, on="slide_id", how="left")
+    missing = sorted(set(frame["slide_id"]) - set(table.frame["slide_id"]))
+    return merged, table.columns, missing
 
 
 def write_tiles_table(
-    results: Sequence[SlideResult], out: str | os.PathLike[str], labels: str | os.PathLike[str] | None = None
+    results: Sequence[SlideResult],
+    out: str | os.PathLike[str],
+    labels: SlideLabels | str | os.PathLike[str] | None = None,
 ) -> TilesTable:
     """Assemble OUT/tiles.csv from the slides' rows (labels joined when given) and write it when it has rows.
 
     Args:
         results: From `tile_slides`, in slide order.
         out: The output folder.
-        labels: Optional label table joined on the slide id.
+        labels: Optional label table (`read_labels`, or its path) joined on the slide id.
 
     Returns:
         The table, where it was written (None: no rows), the label columns and the unlabeled slides.
@@ -113,5 +142,8 @@ def write_tiles_table(
     if labels is not None:
         table.frame, table.label_columns, table.unlabeled = attach_labels(table.frame, labels)
     if not table.frame.empty:
-        table.path = save_table(table.frame, Path(out) / "tiles.csv")
+        try:
+            table.path = save_table(table.frame, Path(out) / "tiles.csv")
+        except OSError as exc:
+            raise output_error(Path(out) / "tiles.csv", exc, "tile output") from None
     return table

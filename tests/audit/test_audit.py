@@ -308,7 +308,7 @@ def test_label_table_problems(report: A.AuditReport, dataset: dict) -> None:
     assert files_of(k["missing_file"]) == {"train/ghost.png"}
     unlabeled = files_of(k["unlabeled_file"])
     assert "test/clean7.png" in unlabeled and "train/clean3.png" not in unlabeled
-    assert files_of(k["duplicate_id"]) == {"train/clean3.png"}
+    assert files_of(k["duplicate_id_conflict"]) == {"train/clean3.png"}  # listed twice, with other labels
     assert {(f.files[0], f.detail.split("'")[1]) for f in k["missing_label"]} == {("train/clean0.png", "a")}
     bad = {(f.files[0], f.detail.split("'")[1]) for f in k["non_binary_label"]}
     assert bad == {("train/clean1.png", "b"), ("train/clean1.png", "c")}
@@ -538,12 +538,17 @@ def test_cli_outputs_and_exit_codes(dataset: dict, tmp_path: Path) -> None:
     assert c["train/dupA.png"] != c["train/nearB.png"]
     assert len(dup) == len(set(dup.image))
 
-    clean = pd.read_csv(out / "labels_clean.csv")
+    clean = pd.read_csv(out / "labels_clean.csv", keep_default_na=False)
+    removed = pd.read_csv(out / "labels_removed.csv")
+    assert len(clean) + len(removed) == len(dataset["table"].read_text().splitlines()) - 1  # no row lost
     kept = set(clean.image)
-    assert not kept & {"train/black8_a.png", "test/black8_b.png", "train/empty.png", "train/ghost.png"}
+    assert not kept & {"train/black8_a.png", "test/black8_b.png", "train/empty.png"}
     assert len(kept & {"train/dupA.png", "train/dupA_copy.npy"}) == 1
     assert {"train/clean0.png", "train/nearB.png"} <= kept
-    assert (clean.image == "train/clean3.png").sum() == 1
+    # A row without its file stays, saying why; rows naming one image with two labels go, for a person to settle.
+    assert clean.set_index("image")["audit_issue"]["train/ghost.png"] == "missing_file"
+    assert (clean.image == "train/clean3.png").sum() == 0
+    assert set(removed[removed.image == "train/clean3.png"]["audit_reason"]) == {"duplicate_id_conflict"}
 
     for kind in ("blank", "exact_duplicate", "near_duplicate", "dark", "unreadable"):
         sheet = cv2.imread(str(out / f"sheet_{kind}.png"), cv2.IMREAD_UNCHANGED)

@@ -36,8 +36,28 @@ def test_list_kinds_and_json() -> None:
     result = runner.invoke(app, ["list", "--json"])
     assert result.exit_code == 0, result.stderr
     kinds = {row["kind"]: row for row in json.loads(result.stdout)}
-    assert set(kinds) == {"models", "losses", "optimizers", "schedulers", "metrics", "tasks", "competitions", "readers"}
+    assert set(kinds) == {
+        "models",
+        "losses",
+        "optimizers",
+        "schedulers",
+        "metrics",
+        "tasks",
+        "competitions",
+        "readers",
+        "seq_readers",
+        "loss_terms",
+        "loggers",
+        "pretrainers",
+    }
     assert kinds["competitions"]["count"] >= 3
+
+
+def test_list_prints_descriptions_as_plain_text() -> None:
+    # The loggers' descriptions name an extra in brackets, which rich would otherwise take for a markup tag.
+    result = runner.invoke(app, ["list", "loggers"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.stderr
+    assert "medkit[mlflow]" in result.stdout and "medkit[tensorboard]" in result.stdout
 
 
 def test_list_competitions_with_pattern() -> None:

@@ -161,7 +161,7 @@ def test_kernel_dry_run_builds_the_bundle_from_the_sidecar_runs(
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
     run = tmp_path / "runs" / "panda-b0"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "run.json").write_text("{}")
+    (run / "run.json").write_text(json.dumps({"config": {"data": str(_tiles(tmp_path / "tiles"))}}))
     (run / "checkpoints" / "best.pt").write_bytes(b"w")
     preds = write_prediction_table(
         tmp_path / "preds.csv",
@@ -178,8 +178,41 @@ def test_kernel_dry_run_builds_the_bundle_from_the_sidecar_runs(
     assert record["bundle"]["runs"] == ["panda-b0"] and record["pushed"] is None
     assert (bundle / "submission.csv").read_text().startswith("image_id,isup_grade\n")  # the local check
     assert (bundle / "dataset" / "runs" / "panda-b0" / "checkpoints" / "best.pt").is_file()
+    script = next((bundle / "kernel").glob("*.py")).read_text()
+    assert "'--level', '1', '--n', '16', '--size', '32'" in script and "'--mosaic', '4x4'" in script
     no_owner = submit(preds, "-c", "panda", "--kernel", "--dry-run", "--out", bundle)
     assert no_owner.exit_code == 2 and "--owner" in no_owner.stderr
+
+
+def _tiles(folder: Path) -> Path:
+    """A `medkit tile` output as its done markers record it: level 1, 16 tiles of 32 px, a 4x4 mosaic."""
+    (folder / "index").mkdir(parents=True)
+    done = {
+        "key": {"version": 1, "level": 1, "size": 32, "tissue": "white", "white_threshold": 230},
+        "outputs": {"n": 16, "min_tissue": 0.0, "format": "none", "mosaic": [4, 4], "masks_dir": None},
+    }
+    (folder / "index" / "a.done.json").write_text(json.dumps(done))
+    return folder
+
+
+def test_kernel_run_takes_the_root_of_a_fold_all_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    root = tmp_path / "runs" / "wsi"
+    for k in range(2):  # `medkit train --fold all`: run.json in the folds only
+        (root / f"fold{k}" / "checkpoints").mkdir(parents=True)
+        (root / f"fold{k}" / "run.json").write_text(json.dumps({"config": {"data": str(_tiles(tmp_path / f"t{k}"))}}))
+        (root / f"fold{k}" / "checkpoints" / "best.pt").write_bytes(b"w")
+        (root / f"fold{k}" / "oof.csv").write_text("image,target\n")
+    bundle = tmp_path / "bundle"
+    res = submit("-c", "panda", "--kernel", "--run", root, "--dry-run", "--owner", "alice", "--out", bundle, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["bundle"]["runs"] == ["wsi"]
+    copied = bundle / "dataset" / "runs" / "wsi"
+    assert all((copied / f"fold{k}" / name).is_file() for k in (0, 1) for name in ("checkpoints/best.pt", "oof.csv"))
+    (root / "fold1" / "run.json").write_text(json.dumps({"mask_col": "mask", "config": {"data": str(tmp_path / "t1")}}))
+    masked = submit("-c", "panda", "--kernel", "--run", root, "--dry-run", "--owner", "alice", "--out", tmp_path / "m")
+    assert masked.exit_code == 2 and "--mask-col none" in masked.stderr and not (tmp_path / "m").exists()
 
 
 # ---------------------------------------------------------------------------------------------- train --competition
@@ -216,3 +249,31 @@ def test_kernel_push_creates_the_dataset_and_the_notebook(fake: Any, tmp_path: P
     methods = [c.path.rsplit("/", 1)[-1] for c in fake.calls if c.method == "POST"]
     assert methods[0] == "GetDatasetStatus" and methods[-2:] == ["CreateDataset", "SaveKernel"]
     assert fake.calls[-1].body["enableInternet"] is False
+
+
+def test_kernel_checks_the_runs_before_writing_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A blend names no runs: --kernel fails at once, and leaves no submission.csv (nor the bundle folder)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "cfg"))
+    preds = write_prediction_table(
+        tmp_path / "blend.csv",
+        [i for i, _ in COMPETITION_IMAGES["panda"]],
+        [">0", ">1", ">2", ">3", ">4"],
+        grades=[1, 2, 3],
+    )
+    bundle = tmp_path / "bundle"
+    res = submit(preds, "-c", "panda", "--kernel", "--dry-run", "--owner", "alice", "--out", bundle)
+    assert res.exit_code == 2 and "--kernel needs the runs" in res.stderr
+    assert not bundle.exists()
+    run = tmp_path / "runs" / "panda-b0"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"config": {"data": str(tmp_path / "gone")}}))
+    (run / "checkpoints" / "best.pt").write_bytes(b"w")
+    args = [preds, "-c", "panda", "--kernel", "--run", run, "--dry-run", "--owner", "alice", "--out", bundle]
+    lost = submit(*args)
+    assert lost.exit_code == 2 and "--tile-args" in lost.stderr and not bundle.exists()
+    given = submit(*args, "--tile-args", "--level 1 --n 16 --size 32 --mosaic 4x4", "--json")
+    assert given.exit_code == 0, given.stderr
+    script = next((bundle / "kernel").glob("*.py")).read_text()
+    assert "TILE = ['--level', '1', '--n', '16', '--size', '32', '--mosaic', '4x4']" in script
+    assert (bundle / "submission.csv").is_file()

@@ -242,6 +242,41 @@ def test_cxr_group_heads(tmp_path: Path) -> None:
     assert state["model"]["head.heads.NGT.weight"].shape[0] == 4
 
 
+def test_named_label_groups_give_one_head_each_and_predict_reads_them(tmp_path: Path) -> None:
+    n = 16
+    cols = ["line a", "line b", "tube a", "tube b", "tube c", "other"]
+    labels = {c: [int((i + j) % 3 == 0) for i in range(n)] for j, c in enumerate(cols)}
+    table = png_table(tmp_path, labels, n, rgb=True)
+    groups = "LINE=line a,line b;TUBE=tube a,tube b,tube c"
+    base = ["multilabel", "--data", tmp_path, "--labels", table, "--fold", "0", *FAST, "--epochs", "1"]
+    res = train_cli(*base, "--heads", groups, "--out", tmp_path / "run")
+    assert res.exit_code == 0, res.stderr
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=False)
+    assert state["model"]["head.heads.LINE.weight"].shape[0] == 2
+    assert state["model"]["head.heads.TUBE.weight"].shape[0] == 3
+    # the groups' columns are the labels: 'other' is not trained on
+    assert list(pd.read_csv(tmp_path / "run" / "oof.csv").filter(like="_prob").columns) == [
+        f"{c}_prob" for c in cols[:5]
+    ]
+    pred = tmp_path / "pred.csv"
+    args = ["predict", tmp_path / "run", "--data", tmp_path, "--labels", table, "--out", pred, "--device", "cpu"]
+    res = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    oof = pd.read_csv(tmp_path / "run" / "oof.csv")
+    both = pd.read_csv(pred).merge(oof, on="image", suffixes=("", "_oof"))
+    np.testing.assert_allclose(both["tube c_prob"], both["tube c_prob_oof"], atol=1e-5)
+    # a label column outside every group, groups against the label order, a malformed item: clear usage errors
+    res = train_cli(*base, "--heads", groups, "--label-cols", ",".join(cols), "--out", tmp_path / "r2")
+    assert res.exit_code == 2 and "other belong to no group" in res.stderr
+    res = train_cli(*base, "--heads", "TUBE=tube a,tube b,tube c;LINE=line a,line b", "--label-cols",
+                    ",".join(cols[:5]), "--out", tmp_path / "r3")  # fmt: skip
+    assert res.exit_code == 2 and "not in the order of the label columns" in res.stderr
+    res = train_cli(*base, "--heads", "LINE=line a;TUBE", "--out", tmp_path / "r4")
+    assert res.exit_code == 2 and "'TUBE' is not NAME=COL,COL" in res.stderr
+    res = train_cli(*base, "--heads", "LINE=line a,nope", "--out", tmp_path / "r5")
+    assert res.exit_code == 2 and "nope" in res.stderr
+
+
 def test_wsi_mosaics_ordinal_qwk(tmp_path: Path) -> None:
     import cv2
 
