@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -85,6 +86,7 @@ def audit(
 ) -> None:
     """Find unreadable, blank and duplicate images, label conflicts, leakage and header problems."""
     from medkit._io import check_writable_dir, refuse_overwrite_inputs
+    from medkit._lock import run_lock
     from medkit.audit import Thresholds, parse_kinds, run_audit, write_outputs
     from medkit.audit.outputs import planned_outputs
     from medkit.console import info, print_json
@@ -94,24 +96,26 @@ def audit(
         refuse_overwrite_inputs(planned_outputs(out), [labels, data if data.is_file() else None])
         check_writable_dir(out)  # before the scan, not after it
     bar = _ScanBar()
-    try:
-        report = run_audit(
-            data,
-            labels=labels,
-            group=group,
-            split=split,
-            image_col=image_col,
-            label_cols=split_columns(label_cols),
-            workers=workers,
-            thresholds=Thresholds(near=near),
-            on_start=bar.start,
-            on_progress=bar.advance,
-            exclude=out,
-            near_align=near_align,
-        )
-    finally:
-        bar.close()
-    written = write_outputs(report, out) if out is not None else []
+    # One writer per --out: a second audit into the same folder stops at once instead of mixing the outputs.
+    with run_lock(out, "medkit audit") if out is not None else contextlib.nullcontext():
+        try:
+            report = run_audit(
+                data,
+                labels=labels,
+                group=group,
+                split=split,
+                image_col=image_col,
+                label_cols=split_columns(label_cols),
+                workers=workers,
+                thresholds=Thresholds(near=near),
+                on_start=bar.start,
+                on_progress=bar.advance,
+                exclude=out,
+                near_align=near_align,
+            )
+        finally:
+            bar.close()
+        written = write_outputs(report, out) if out is not None else []
     for path in written:
         info(f"wrote {path}")
     if json_out:

@@ -69,6 +69,10 @@ def refine(
     fixed_weights: Annotated[
         bool, typer.Option("--fixed-weights", help="Keep the neighbour weights at their start (train the CNN only).")
     ] = False,
+    weights_lr: Annotated[
+        float,
+        typer.Option("--weights-lr", help="Learning rate of the neighbour weights (the CNN takes --lr).", min=0.0),
+    ] = 1e-3,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Stacks per step.", min=1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stage from its checkpoints/last.pt.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One step of training and one of validation.")] = False,
@@ -91,6 +95,7 @@ def refine(
         pseudo_labels=str(pseudo_labels) if pseudo_labels else None,
         init_weights=init_weights,
         learn_weights=not fixed_weights,
+        weights_lr=weights_lr,
         batch_size=batch_size,
         out=str(out) if out else None,
         resume=resume,

@@ -49,6 +49,8 @@ class RefineOptions:
             the training targets of the rows it names.
         init_weights: Starting neighbour weights (``"0.1,0.2,0.4,0.2,0.1"``); None: the centred window.
         learn_weights: Train the neighbour weights (else they stay at their start).
+        weights_lr: Learning rate of the neighbour weights, in a parameter group of their own: the CNN's lr is tiny
+            (it is trained already), while the N weights start from a guess and must be free to move.
         batch_size: Stacks per step (None: the parent's batch size // seq, at least 2).
         out: The stage's run folder (None: ``<parent>-refine<seq>`` next to the parent).
         resume: Continue the stage from its checkpoints/last.pt.
@@ -67,6 +69,7 @@ class RefineOptions:
     pseudo_labels: str | None = None
     init_weights: str | None = None
     learn_weights: bool = True
+    weights_lr: float = 1e-3
     batch_size: int | None = None
     out: str | None = None
     resume: bool = False
@@ -383,6 +386,8 @@ def _prepare(parent: Path, record: dict[str, Any], cfg: Any, opts: RefineOptions
     )  # fmt: skip
     batch = opts.batch_size or max(2, int(spec.batch_size) // opts.seq)
     optimizer = build_optimizer(opt_stage, model, max(1, opts.epochs * math.ceil(len(data.train) / batch)))
+    if opts.learn_weights:
+        _own_group(optimizer, model.weights, opts.weights_lr)
     # One augmentation per stack: the N slices ride as channels of one image through the augmenter.
     transforms = InputTransforms(
         list(spec.mean) * opts.seq, list(spec.std) * opts.seq, spec.img_size, cfg.task.augment, seed=cfg.seed + 101
@@ -406,6 +411,14 @@ def _prepare(parent: Path, record: dict[str, Any], cfg: Any, opts: RefineOptions
         greater_is_better(metric), targets, teacher, teacher_weights, batch,
         InputTransforms(spec.mean, spec.std, spec.img_size).eval, opt_stage,
     )  # fmt: skip
+
+
+def _own_group(optimizer: Any, param: Any, lr: float) -> None:
+    """Move ``param`` out of the optimizer's groups into a group of its own with learning rate ``lr``, no decay."""
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if p is not param]
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    optimizer.add_param_group({"params": [param], "lr": lr, "weight_decay": 0.0})
 
 
 def _freeze(model: Any, patterns: tuple[str, ...]) -> int:

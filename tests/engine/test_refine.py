@@ -230,3 +230,26 @@ def test_refine_into_a_folder_another_live_command_writes_is_refused(ct_run: tup
     res = runner.invoke(app, args)  # once the lock is released the same command runs
     assert res.exit_code == 0, res.output
     assert not (out / ".medkit.lock").exists()
+
+
+def test_neighbour_weights_get_their_own_learning_rate() -> None:
+    import torch
+
+    from medkit.engine.refine import _neighbour_module, _own_group
+
+    torch.manual_seed(0)
+    model = _neighbour_module(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)), (0.25, 0.5, 0.25), True)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-6)
+    _own_group(opt, model.weights, 1e-2)
+    assert [g["lr"] for g in opt.param_groups] == [1e-6, 1e-2]
+    assert all(p is not model.weights for p in opt.param_groups[0]["params"])
+    start = model.weights.detach().clone()
+    cnn_start = [p.detach().clone() for p in model.cnn.parameters()]
+    x, y = torch.randn(8, 3, 1, 2, 2), torch.rand(8, 2)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss.backward()
+    opt.step()
+    # Adam's first step moves each parameter by about its lr: the weights by 1e-2, the CNN by 1e-6
+    np.testing.assert_allclose((model.weights.detach() - start).abs().numpy(), 1e-2, rtol=1e-3)
+    moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.cnn.parameters(), cnn_start, strict=True))
+    assert moved <= 1.05e-6  # float32 rounding of the step

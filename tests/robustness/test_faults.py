@@ -333,3 +333,20 @@ def test_kill_9_of_audit_leaves_no_worker_holding_its_stdout(tmp_path: Path) -> 
     reader.join(timeout=10)
     assert not reader.is_alive(), "a worker still holds the killed audit's stdout"
     assert_gone(workers)
+
+
+def test_an_audit_into_a_folder_another_live_command_writes_is_refused(tmp_path: Path) -> None:
+    import cv2
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        assert cv2.imwrite(str(data / f"{i}.png"), np.full((8, 8), 40 * (i + 1), np.uint8))
+    out = tmp_path / "audit"
+    with RunLock(out, "medkit audit"):  # this process holds the folder, as a running audit would
+        res = runner.invoke(app, ["audit", str(data), "--out", str(out), "--workers", "0"])
+        assert res.exit_code == 2, res.output
+        assert f"PID {os.getpid()}" in res.output and not (out / "findings.csv").exists()
+    res = runner.invoke(app, ["audit", str(data), "--out", str(out), "--workers", "0", "--fail-on", "none"])
+    assert res.exit_code == 0, res.output
+    assert (out / "findings.csv").is_file() and not (out / LOCK_NAME).exists()
