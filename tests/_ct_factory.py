@@ -3,8 +3,12 @@
 Every series is a head (an ellipse of brain inside a bright skull) seen on ``n_slices`` axial slices. Some series
 carry one or two lesions: a bright blob whose subtype decides where it sits (epidural / subdural at the rim,
 intraventricular in the centre, intraparenchymal in between, subarachnoid as a thin crescent), spanning 3 to 7
-adjacent slices. The blob is faint on the first and last slice of its span, so one slice alone is ambiguous and
-its neighbours settle it: the case neighbour context is meant for.
+adjacent slices. The blob is faint on the first and last slice of its span.
+
+``mimics`` adds look-alikes: a blob of a lesion's size, place and brightness on one slice only, labelled negative
+(as a calcification or a beam-hardening streak on one head-CT slice looks like blood). One slice alone cannot tell
+a look-alike from a lesion; its neighbours can, since a bleed spans several slices: the case neighbour context is
+meant for. With ``mimics=0`` (the default) the files are those of earlier versions.
 
 PNG (uint8, brain window already applied) or DICOM (int16 HU with a -1024 intercept, real ImagePositionPatient /
 ImageOrientationPatient, RSNA-like random file names) plus a table labels.csv with image, patient_id, series_id,
@@ -51,6 +55,7 @@ def make_ct_dataset(
     seed: int = 0,
     dicom: bool = False,
     labels: Sequence[str] = RSNA_LABELS,
+    mimics: float = 0.0,
 ) -> Path:
     """Write the dataset under ``root`` and return the path of its table (labels.csv).
 
@@ -62,6 +67,8 @@ def make_ct_dataset(
         seed: Random seed (same seed, same files).
         dicom: DICOM slices with geometry instead of PNG.
         labels: Label columns; subtypes not in ``_PLACE`` are never positive except ``any``.
+        mimics: Mean number of single-slice look-alikes per series (Poisson), each on a slice whose neighbours hold
+            no finding; drawn from a random stream of their own, so the lesions are the same as with 0.
 
     Returns:
         Path of labels.csv (image paths relative to ``root``).
@@ -71,6 +78,7 @@ def make_ct_dataset(
 
     root = Path(root)
     rng = np.random.default_rng(seed)
+    mimic_rng = np.random.default_rng([seed, 1])
     subtypes = [name for name in labels if name in _PLACE]
     rows = []
     for s in range(n_series):
@@ -96,6 +104,8 @@ def make_ct_dataset(
                 edge = k in (0, span - 1)
                 volume[start + k][blob] += 12.0 if edge else 40.0
                 truth[start + k, labels.index(kind)] = 1
+        if mimics > 0 and subtypes:
+            _add_mimics(volume, truth, mimic_rng, mimics, size)
         if "any" in labels:
             others = [i for i, name in enumerate(labels) if name != "any"]
             truth[:, labels.index("any")] = truth[:, others].max(axis=1)
@@ -115,6 +125,27 @@ def make_ct_dataset(
     path = root / "labels.csv"
     table.to_csv(path, index=False)
     return path
+
+
+def _blob(size: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    """Mask of a blob at a random angle, at the distance and radius of ``kind``."""
+    dist, radius = _PLACE[kind]
+    angle = rng.uniform(0, 2 * np.pi)
+    cy = size / 2 + dist * 0.36 * size * np.sin(angle)
+    cx = size / 2 + dist * 0.30 * size * np.cos(angle)
+    rad = radius * size / 128
+    yy, xx = np.mgrid[:size, :size]
+    return ((yy - cy) ** 2 + (xx - cx) ** 2) <= rad**2
+
+
+def _add_mimics(volume: np.ndarray, truth: np.ndarray, rng: np.random.Generator, mean: float, size: int) -> None:
+    """Bright lesion-like blobs, each on one slice whose neighbours (and itself) hold no finding; labels untouched."""
+    n = volume.shape[0]
+    found = truth.max(axis=1) > 0
+    free = [z for z in range(n) if not found[max(z - 1, 0) : z + 2].any()]
+    kinds = list(_PLACE)
+    for z in rng.permutation(free)[: int(rng.poisson(mean))]:
+        volume[int(z)][_blob(size, kinds[int(rng.integers(len(kinds)))], rng)] += 40.0
 
 
 def _write_ct_slice(

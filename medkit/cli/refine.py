@@ -73,6 +73,12 @@ def refine(
         float,
         typer.Option("--weights-lr", help="Learning rate of the neighbour weights (the CNN takes --lr).", min=0.0),
     ] = 1e-3,
+    update_bn: Annotated[
+        bool,
+        typer.Option(
+            "--update-bn", help="Update batch norm statistics on the stacks (default: keep the parent's; see docs)."
+        ),
+    ] = False,
     batch_size: Annotated[int | None, typer.Option("--batch-size", "-b", help="Stacks per step.", min=1)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stage from its checkpoints/last.pt.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="One step of training and one of validation.")] = False,
@@ -96,6 +102,7 @@ def refine(
         init_weights=init_weights,
         learn_weights=not fixed_weights,
         weights_lr=weights_lr,
+        update_bn=update_bn,
         batch_size=batch_size,
         out=str(out) if out else None,
         resume=resume,

@@ -51,6 +51,10 @@ class RefineOptions:
         learn_weights: Train the neighbour weights (else they stay at their start).
         weights_lr: Learning rate of the neighbour weights, in a parameter group of their own: the CNN's lr is tiny
             (it is trained already), while the N weights start from a guess and must be free to move.
+        update_bn: Let batch norm layers update their running statistics (off by default: a batch of stacks holds
+            a few groups of near-identical neighbouring slices, whose variance is lower than that of the slices the
+            parent was trained on, so updated statistics shift every prediction whatever the learning rate; frozen,
+            the layers normalise as in the parent, and their scale and shift still learn at ``lr``).
         batch_size: Stacks per step (None: the parent's batch size // seq, at least 2).
         out: The stage's run folder (None: ``<parent>-refine<seq>`` next to the parent).
         resume: Continue the stage from its checkpoints/last.pt.
@@ -70,6 +74,7 @@ class RefineOptions:
     init_weights: str | None = None
     learn_weights: bool = True
     weights_lr: float = 1e-3
+    update_bn: bool = False
     batch_size: int | None = None
     out: str | None = None
     resume: bool = False
@@ -459,6 +464,8 @@ def _train_epoch(st: _Stage) -> float:
     from medkit.console import Progress
 
     st.model.train()
+    if not st.opts.update_bn:
+        _freeze_bn_statistics(st.model)
     rng = np.random.default_rng([st.cfg.seed, st.epoch, 29])
     order = st.data.train.rows[rng.permutation(len(st.data.train.rows))]
     total, n = 0.0, 0
@@ -472,6 +479,18 @@ def _train_epoch(st: _Stage) -> float:
             if st.opts.dry_run:
                 break
     return total / max(n, 1)
+
+
+def _freeze_bn_statistics(model: Any) -> int:
+    """Batch norm layers of ``model`` to evaluation mode (running statistics used and kept); how many."""
+    import torch
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            n += 1
+    return n
 
 
 def _train_step(st: _Stage, rows: np.ndarray) -> float:

@@ -253,3 +253,23 @@ def test_neighbour_weights_get_their_own_learning_rate() -> None:
     np.testing.assert_allclose((model.weights.detach() - start).abs().numpy(), 1e-2, rtol=1e-3)
     moved = max(float((p.detach() - q).abs().max()) for p, q in zip(model.cnn.parameters(), cnn_start, strict=True))
     assert moved <= 1.05e-6  # float32 rounding of the step
+
+
+def test_refine_keeps_the_parents_batch_norm_statistics(ct_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """A stage that cannot move the weights (lr 1e-12, one slice, fixed weights) predicts what its parent did: a
+    batch of near-identical neighbours must not rewrite the running statistics. ``--update-bn`` lets them move."""
+    root, _ = ct_run
+    first = root / "run" / "1-slice"
+    parent = pd.read_csv(first / "oof.csv").set_index("image")
+    base = ["refine", str(first), "--seq", "1", "--lr", "1e-12", "--fixed-weights", "--epochs", "1"]
+    kept = tmp_path / "kept"
+    res = runner.invoke(app, [*base, "--out", str(kept), "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    again = pd.read_csv(kept / "oof.csv").set_index("image").loc[parent.index]
+    np.testing.assert_allclose(again["any_prob"], parent["any_prob"], atol=1e-5)
+    moved = tmp_path / "moved"
+    res = runner.invoke(app, [*base, "--update-bn", "--out", str(moved), "--device", "cpu"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    other = pd.read_csv(moved / "oof.csv").set_index("image").loc[parent.index]
+    assert np.abs(other["any_prob"].to_numpy() - parent["any_prob"].to_numpy()).max() > 1e-3
+    assert json.loads((moved / "run.json").read_text())["refine"]["update_bn"] is True
