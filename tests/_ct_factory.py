@@ -92,13 +92,7 @@ def make_ct_dataset(
             kind = subtypes[int(rng.integers(len(subtypes)))]
             span = min(int(rng.integers(3, 8)), n_slices)
             start = int(rng.integers(0, n_slices - span + 1))
-            dist, radius = _PLACE[kind]
-            angle = rng.uniform(0, 2 * np.pi)
-            cy = size / 2 + dist * 0.36 * size * np.sin(angle)
-            cx = size / 2 + dist * 0.30 * size * np.cos(angle)
-            rad = radius * size / 128
-            yy, xx = np.mgrid[:size, :size]
-            blob = ((yy - cy) ** 2 + (xx - cx) ** 2) <= rad**2
+            blob = _blob(size, kind, rng)
             for k in range(span):
                 # Faint at both ends of the span, strong in the middle.
                 edge = k in (0, span - 1)

@@ -481,16 +481,13 @@ def _train_epoch(st: _Stage) -> float:
     return total / max(n, 1)
 
 
-def _freeze_bn_statistics(model: Any) -> int:
-    """Batch norm layers of ``model`` to evaluation mode (running statistics used and kept); how many."""
+def _freeze_bn_statistics(model: Any) -> None:
+    """Batch norm layers of ``model`` to evaluation mode (running statistics used and kept)."""
     import torch
 
-    n = 0
     for module in model.modules():
         if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
             module.eval()
-            n += 1
-    return n
 
 
 def _train_step(st: _Stage, rows: np.ndarray) -> float:
