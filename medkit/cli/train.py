@@ -363,8 +363,6 @@ def train(
 ) -> None:
     """Train a model on a task preset (ct, cxr, wsi, scan, binary, multiclass, multilabel), resumable, DDP-ready."""
     from medkit.engine.ddp import dist_info
-    from medkit.engine.fit import TrainConfig, fit, profile_steps
-    from medkit.engine.folds import fit_folds
 
     if gpus > 1 and dist_info().world_size == 1:
         _relaunch(gpus)
@@ -393,57 +391,76 @@ def train(
     if stage2_optimizer and stage2_epochs < 1:  # checked again by plan_stages; here before any data is read
         raise UsageError("--stage2-optimizer needs --stage2-epochs N", hint="e.g. --stage2-epochs 2")
     run_out = out or Path("runs") / f"{task}-{preset.model.replace('/', '_')}"
-    cfg = TrainConfig(
+    cfg = _train_config(ctx, preset, label_cols, run_out)
+    _run(cfg, ctx.params, task, run_out, folds or labels)
+
+
+def _train_config(ctx: typer.Context, preset: Any, label_cols: Any, run_out: Path) -> Any:
+    """The `medkit.engine.fit.TrainConfig` of the parsed flags (``ctx.params``), the task preset and the run folder."""
+    from medkit.engine.fit import TrainConfig
+
+    p = ctx.params
+    return TrainConfig(
         task=preset,
-        data=str(data),
-        labels=str(labels) if labels else None,
+        data=str(p["data"]),
+        labels=str(p["labels"]) if p["labels"] else None,
         out=str(run_out),
-        folds=str(folds) if folds else None,
-        fold=_fold_number(fold),
+        folds=str(p["folds"]) if p["folds"] else None,
+        fold=_fold_number(p["fold"]),
         label_cols=split_columns(label_cols),
-        image_col=image_col,
-        pretrained=pretrained,
-        weights=str(weights) if weights else None,
-        device=device_spec(ctx, device),
-        amp=precision(amp, amp_dtype),
-        compile=compile_,
-        **_ema(recipe, ema, ema_decay),
-        seed=seed,
-        deterministic=deterministic,
-        workers=workers,
-        feed=feed,
-        cache_workers=cache_workers,
-        ckpt_every=ckpt_every,
-        max_steps=max_steps,
-        dry_run=dry_run,
-        patience=patience,
-        stage2_optimizer=stage2_optimizer,
-        stage2_epochs=stage2_epochs,
-        stage2_lr=stage2_lr,
-        pretrain=pretrain,
-        pretrain_epochs=pretrain_epochs,
-        scheduler_kwargs=_kv(scheduler_arg, "--scheduler-arg"),
-        optimizer_kwargs=_kv(optimizer_arg, "--optimizer-arg"),
-        mixup=mixup,
-        cutmix=cutmix,
-        grad_clip=grad_clip,
-        cache_dir=str(cache) if cache else None,
-        mask_col="auto" if mask_col is None else (None if mask_col.lower() == "none" else mask_col),
-        resume=resume,
-        profile=profile,
-        **_run_outputs(fold, keep_last, logger),
+        image_col=p["image_col"],
+        pretrained=p["pretrained"],
+        weights=str(p["weights"]) if p["weights"] else None,
+        device=device_spec(ctx, p["device"]),
+        amp=precision(p["amp"], p["amp_dtype"]),
+        compile=p["compile_"],
+        **_ema(p["recipe"], p["ema"], p["ema_decay"]),
+        seed=p["seed"],
+        deterministic=p["deterministic"],
+        workers=p["workers"],
+        feed=p["feed"],
+        cache_workers=p["cache_workers"],
+        ckpt_every=p["ckpt_every"],
+        max_steps=p["max_steps"],
+        dry_run=p["dry_run"],
+        patience=p["patience"],
+        stage2_optimizer=p["stage2_optimizer"],
+        stage2_epochs=p["stage2_epochs"],
+        stage2_lr=p["stage2_lr"],
+        pretrain=p["pretrain"],
+        pretrain_epochs=p["pretrain_epochs"],
+        scheduler_kwargs=_kv(p["scheduler_arg"], "--scheduler-arg"),
+        optimizer_kwargs=_kv(p["optimizer_arg"], "--optimizer-arg"),
+        mixup=p["mixup"],
+        cutmix=p["cutmix"],
+        grad_clip=p["grad_clip"],
+        cache_dir=str(p["cache"]) if p["cache"] else None,
+        mask_col="auto" if p["mask_col"] is None else (None if p["mask_col"].lower() == "none" else p["mask_col"]),
+        resume=p["resume"],
+        profile=p["profile"],
+        **_run_outputs(p["fold"], p["keep_last"], p["logger"]),
         argv=sys.argv[:],
     )
-    if seq_model or refine_seq:  # CT series: docs/sequence.md, docs/series.md; each reads its flags from ctx.params
-        return run_sequence(cfg, ctx.params) if seq_model else train_then_refine(cfg, ctx.params)
-    if profile:
-        summary = profile_steps(cfg, profile)
+
+
+def _run(cfg: Any, params: dict[str, Any], task: str, run_out: Path, fold_table: Path | None) -> None:
+    """Carry out the configured training: a sequence model or slice-then-refine stages (CT series), a profile, every
+    fold of ``fold_table`` (``--fold all``), or one run; rank 0 reports."""
+    from medkit.engine.ddp import dist_info
+    from medkit.engine.fit import fit, profile_steps
+    from medkit.engine.folds import fit_folds
+
+    json_out = bool(params.get("json_out"))
+    if params.get("seq_model") or params.get("refine_seq"):  # docs/sequence.md, docs/series.md; flags from params
+        return run_sequence(cfg, params) if params.get("seq_model") else train_then_refine(cfg, params)
+    if cfg.profile:
+        summary = profile_steps(cfg, cfg.profile)
         if dist_info().is_main:
             _print_profile(summary, json_out)
-    elif fold == "all":
+    elif params.get("fold") == "all":
         from medkit.data.dataset import fold_numbers
 
-        record = fit_folds(cfg, fold_numbers(folds or labels))
+        record = fit_folds(cfg, fold_numbers(fold_table))
         if dist_info().is_main:
             _print_folds(record, run_out, json_out)
     else:
